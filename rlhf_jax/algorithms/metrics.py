@@ -1,0 +1,188 @@
+"""Metric writers: JSONL (JSON Lines) file, TensorBoard event files (tensorboardX, no TensorFlow), logging.
+
+Metrics are slash-named scalars (`loss/policy`, `kl/ref`, `rewards/chosen`); the part before the
+first slash groups them in TensorBoard. Only process 0 writes: `make_writers` returns a writer that
+drops everything on other processes, so callers never branch on the process index.
+
+JSONL format, one object per line: `{"step": 12, "loss/total": 0.52, ...}`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pathlib
+import re
+from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
+
+import jax
+import numpy as np
+
+logger = logging.getLogger(__name__)
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+
+
+class MetricWriter(Protocol):
+  """What the host loop writes to."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    ...
+
+  def rewind(self, step: int) -> None:
+    """Forgets records after `step` (called when a run resumes from a checkpoint at `step`)."""
+    ...
+
+  def flush(self) -> None:
+    ...
+
+  def close(self) -> None:
+    ...
+
+
+def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+  """Host floats from a metrics dict; raises ValueError naming a badly named or non-scalar metric."""
+  out = {}
+  for name, value in metrics.items():
+    if not isinstance(name, str) or not _NAME.match(name):
+      raise ValueError(f"metric name {name!r} must be slash-separated words like 'loss/policy'")
+    array = np.asarray(value)
+    if array.size != 1:
+      raise ValueError(f"metric {name!r} must be a scalar, got shape {array.shape}")
+    out[name] = float(array.reshape(()))
+  return out
+
+
+class JsonlWriter:
+  """Appends one JSON object per step to `path` (non-finite values are written as null)."""
+
+  def __init__(self, path: str | pathlib.Path):
+    self._path = pathlib.Path(path)
+    self._path.parent.mkdir(parents=True, exist_ok=True)
+    self._file = self._path.open("a", encoding="utf-8", buffering=1)  # line-buffered: survives kills
+
+  @property
+  def path(self) -> pathlib.Path:
+    return self._path
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    record = {"step": int(step)}
+    record.update({k: (v if math.isfinite(v) else None) for k, v in scalars.items()})
+    self._file.write(json.dumps(record, sort_keys=True) + "\n")
+
+  def rewind(self, step: int) -> None:
+    """Drops lines with a step after `step` (e.g. written after the checkpoint a run resumes from)."""
+    self._file.close()
+    kept = []
+    for line in self._path.read_text(encoding="utf-8").splitlines():
+      try:
+        if int(json.loads(line)["step"]) <= step:
+          kept.append(line)
+      except (ValueError, KeyError, TypeError):
+        continue  # a torn last line from a killed run
+    self._path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    self._file = self._path.open("a", encoding="utf-8", buffering=1)  # line-buffered: survives kills
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
+  """Reads a metrics JSONL file back (null -> nan); raises ValueError naming file and line."""
+  records = []
+  with pathlib.Path(path).open(encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+      records.append({k: (math.nan if v is None else v) for k, v in record.items()})
+  return records
+
+
+class TensorBoardWriter:
+  """Scalars to TensorBoard event files under `logdir` via tensorboardX (no TensorFlow needed)."""
+
+  def __init__(self, logdir: str | pathlib.Path):
+    import tensorboardX  # pylint: disable=g-import-not-at-top  (import cost only when used)
+    self._writer = tensorboardX.SummaryWriter(logdir=str(logdir))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    for name, value in scalars.items():
+      self._writer.add_scalar(name, value, global_step=int(step))
+
+  def rewind(self, step: int) -> None:
+    del step  # TensorBoard shows the newest value written for a step
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+class LoggingWriter:
+  """Writes `step 12: loss/total=0.52 ...` lines to Python logging every `every` steps."""
+
+  def __init__(self, every: int = 1, level: int = logging.INFO):
+    self._every = max(int(every), 1)
+    self._level = level
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if step % self._every == 0:
+      text = " ".join(f"{k}={v:.6g}" for k, v in sorted(scalars.items()))
+      logger.log(self._level, "step %d: %s", step, text)
+
+  def rewind(self, step: int) -> None:
+    del step
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+class MultiWriter:
+  """Fans every call out to several writers."""
+
+  def __init__(self, writers: Iterable[MetricWriter]):
+    self._writers: Sequence[MetricWriter] = tuple(writers)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    for w in self._writers:
+      w.write_scalars(step, scalars)
+
+  def rewind(self, step: int) -> None:
+    for w in self._writers:
+      w.rewind(step)
+
+  def flush(self) -> None:
+    for w in self._writers:
+      w.flush()
+
+  def close(self) -> None:
+    for w in self._writers:
+      w.close()
+
+
+def make_writers(workdir: Optional[str | pathlib.Path], *, jsonl: bool = True,
+                 tensorboard: bool = True, log_every: int = 1) -> MultiWriter:
+  """The standard writers for a run: `<workdir>/metrics.jsonl`, `<workdir>/tensorboard/`, logging.
+
+  On processes other than 0 (or with `workdir=None`, logging only) the file writers are omitted.
+  """
+  writers: list[MetricWriter] = []
+  if jax.process_index() == 0:
+    if workdir is not None:
+      workdir = pathlib.Path(workdir)
+      if jsonl:
+        writers.append(JsonlWriter(workdir / "metrics.jsonl"))
+      if tensorboard:
+        writers.append(TensorBoardWriter(workdir / "tensorboard"))
+    writers.append(LoggingWriter(every=log_every))
+  return MultiWriter(writers)
