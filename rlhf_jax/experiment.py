@@ -1,0 +1,41 @@
+"""Process start-up shared by every entry point: logging, multi-host initialisation, topology."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+
+logger = logging.getLogger(__name__)
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls `jax.distributed.initialize` when launched as one of several processes.
+
+  Multi-process runs are recognised by `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES` and
+  `JAX_PROCESS_ID`), or on Cloud TPU VMs / SLURM by JAX's own cluster detection when
+  `RLHF_JAX_DISTRIBUTED=1`. Single-process runs do nothing.
+  """
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+    return True
+  if os.environ.get("RLHF_JAX_DISTRIBUTED") == "1":
+    jax.distributed.initialize()  # auto-detects TPU pods and SLURM clusters
+    return True
+  return False
+
+
+def start(config: Any = None) -> None:
+  """Start-up of an entry point: compile cache, distributed init, topology in the log."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  cache = os.environ.get("RLHF_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/rlhf_jax/xla"))
+  if cache:
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  maybe_initialize_distributed()
+  logger.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
+              jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)
+  del config
