@@ -75,3 +75,15 @@ def lab_section(scale: str = "default") -> ml_collections.ConfigDict:
   cfg.num_preferences_train = 4_000 if big else 64  # labelled pairs
   cfg.num_preferences_eval = 512 if big else 16
   return cfg
+
+
+def load_sibling(this_file: str, name: str):
+  """Imports `<dir of this_file>/<name>.py` (a config module next to the caller) by path, so config
+  files can compose each other whatever the working directory or sys.path."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(this_file).parent / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"rlhf_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
