@@ -31,3 +31,14 @@ def shared_data_dir() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (../shared/data is optional)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def test_lm():
+  """(CausalLM, params) of the `test` preset, initialised once per test process (jitted init is
+  several times faster than eager Flax init)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import models  # pylint: disable=g-import-not-at-top
+  lm = models.CausalLM(models.get_model_config("test"))
+  params = jax.jit(lambda k: nn.unbox(models.init_params(lm, k)))(jax.random.key(0))
+  return lm, params

@@ -15,9 +15,8 @@ PROMPTS = [[2, 17, 99, 45, 12], [2, 301], [2, 7, 8, 9, 10, 11, 12, 13, 14]]
 
 
 @pytest.fixture(scope="module")
-def setup():
-  lm = models.CausalLM(CFG)
-  params = nn.unbox(models.init_params(lm, jax.random.key(0)))
+def setup(test_lm):
+  lm, params = test_lm
   sampler = sampling.Sampler(lm, eos_id=EOS, pad_id=PAD)
   return lm, params, sampler
 

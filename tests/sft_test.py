@@ -20,9 +20,8 @@ EXAMPLES = [([2, 10, 11, 12, 40, 41, 3], [0, 0, 0, 0, 1, 1, 1]),
 
 
 @pytest.fixture(scope="module")
-def lm_params():
-  lm = models.CausalLM(CFG)
-  return lm, nn.unbox(models.init_params(lm, jax.random.key(0)))
+def lm_params(test_lm):
+  return test_lm
 
 
 def _unpacked_batch(L=8):
