@@ -134,7 +134,7 @@ def test_preference_over_long_error_names_example_and_parts():
 def test_collate_functions_read_records():
   records = [{"id": "a", "prompt_ids": np.array([1, 2], np.int32),
               "chosen_ids": np.array([3], np.int32), "rejected_ids": np.array([4, 5], np.int32),
-              "weight": 0.5, "confidence": 0.9, "tie": False},
+              "weight": 0.5, "confidence": 0.9, "tie": False, "margin": 1.5},
              {"id": "b", "prompt_ids": np.array([6], np.int32),
               "chosen_ids": np.array([7, 8], np.int32), "rejected_ids": np.array([9], np.int32),
               "weight": 2.0, "confidence": 1.0, "tie": True}]
@@ -144,6 +144,12 @@ def test_collate_functions_read_records():
   np.testing.assert_allclose(batch.weight_B, [0.5, 2.0])
   np.testing.assert_allclose(batch.confidence_B, [0.9, 1.0])
   assert batch.tie_B.tolist() == [False, True] and batch.tie_B.dtype == np.bool_
+  np.testing.assert_allclose(batch.margin_B, [1.5, 0.0])  # missing margin -> 0
+  assert batch.margin_B.dtype == np.float32
+  nones = [{**records[0], "weight": None, "confidence": None, "margin": None}]
+  batch = batching.collate_preferences(nones, buckets=(8,), pad_id=PAD)
+  assert (batch.weight_B.tolist(), batch.confidence_B.tolist(), batch.margin_B.tolist()) == (
+      [1.0], [1.0], [0.0])
 
   prompts = batching.collate_prompts(records, buckets=(4,), pad_id=PAD)
   np.testing.assert_array_equal(prompts.tokens_BxP, [[0, 0, 1, 2], [0, 0, 0, 6]])

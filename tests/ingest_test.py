@@ -30,7 +30,8 @@ def _msgs(*pairs):
 def test_plain_text_preferences(tmp_path, compress, as_array):
   rows = [{"prompt": "Q1", "chosen": "good", "rejected": "bad"},
           {"prompt": "Q2", "chosen": "yes", "rejected": "no", "id": "custom", "tie": True,
-           "confidence": 0.6, "margin": 1.5, "annotator_id": "w1", "metadata": {"model": "m"}}]
+           "confidence": 0.6, "margin": 1.5, "weight": 0.25, "annotator_id": "w1",
+           "metadata": {"model": "m"}}]
   path = _write(tmp_path / "prefs.data", rows, compress=compress, as_array=as_array)
   examples, report = ingest.read_preferences(path)
   assert [(e.prompt, e.chosen, e.rejected) for e in examples] == [("Q1", "good", "bad"),
@@ -39,8 +40,9 @@ def test_plain_text_preferences(tmp_path, compress, as_array):
   assert examples[0].id == f"{tmp_path.name}/prefs.data:{first_line}"  # default id: source:line
   assert examples[0].source == f"{tmp_path.name}/prefs.data"
   e = examples[1]
-  assert (e.id, e.tie, e.confidence, e.margin, e.annotator_id, e.metadata) == (
-      "custom", True, 0.6, 1.5, "w1", {"model": "m"})
+  assert (e.id, e.tie, e.confidence, e.margin, e.weight, e.annotator_id, e.metadata) == (
+      "custom", True, 0.6, 1.5, 0.25, "w1", {"model": "m"})
+  assert examples[0].weight is None
   assert (report.records_read, report.kept, report.dropped) == (2, 2, {})
 
 

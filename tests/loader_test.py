@@ -104,6 +104,24 @@ def test_restoring_into_a_different_pipeline_is_refused(kwargs, field):
     other.set_state("{}")
 
 
+def test_identity_settings_must_match_on_restore():
+  args = dict(batch_size=4, seed=7, process_index=0, process_count=1)
+  it = iter(loader.make_loader(_source(), identity={"dataset_id": "a@1", "buckets": (8, 16)},
+                               **args))
+  next(it)
+  state = it.get_state()
+  same = iter(loader.make_loader(_source(), identity={"dataset_id": "a@1", "buckets": (8, 16)},
+                                 **args))
+  same.set_state(state)  # tuples are compared as the JSON lists a saved state holds
+  assert _indices([next(same)]) == _indices([next(it)])
+  other = iter(loader.make_loader(_source(), identity={"dataset_id": "b@2", "buckets": (8, 16)},
+                                  **args))
+  with pytest.raises(ValueError, match="different pipeline.*dataset_id: saved 'a@1', now 'b@2'"):
+    other.set_state(state)
+  with pytest.raises(ValueError, match=r"identity keys \['seed'\] clash"):
+    loader.make_loader(_source(), identity={"seed": 1}, **args)
+
+
 def test_without_drop_remainder_the_last_global_batch_is_split_in_order():
   sizes = []
   for process_index in range(3):

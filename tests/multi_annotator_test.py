@@ -116,3 +116,75 @@ def test_comparison_to_preference():
   p = ma.comparison_to_preference(_c("x", "b", "w9"))
   assert (p.chosen, p.rejected, p.annotator_id, p.tie, p.id) == ("B text", "A text", "w9", False, "x/w9")
   assert ma.comparison_to_preference(_c("x", "tie", "w9")).tie
+
+
+def _adversarial_panel():
+  """Items 0-19: 3 accurate + 2 label-flipping annotators (majority right); items 20-29: 1
+  accurate + the 2 flippers (majority wrong). Truth alternates a, b."""
+  comps, truth = [], {}
+  for i in range(30):
+    right = "a" if i % 2 == 0 else "b"
+    wrong = "b" if right == "a" else "a"
+    truth[f"i{i}"] = right
+    good = ["g1", "g2", "g3"] if i < 20 else ["g1"]
+    comps += [_c(f"i{i}", right, g) for g in good]
+    comps += [_c(f"i{i}", wrong, f) for f in ("f1", "f2")]
+  return comps, truth
+
+
+def test_aggregate_dawid_skene_learns_flippers_and_confidence_is_the_posterior():
+  comps, truth = _adversarial_panel()
+  majority = {p.id: p for p in ma.aggregate_comparisons(comps)}
+  ds = {p.id: p for p in ma.aggregate_comparisons(comps, method="dawid_skene")}
+  assert list(ds) == [f"i{i}" for i in range(30)]
+
+  def winner(p):
+    return "a" if p.chosen == "A text" else "b"
+
+  # Majority gets the last ten items wrong; Dawid-Skene learns that f1, f2 flip labels.
+  assert [winner(majority[k]) == truth[k] for k in truth] == [True] * 20 + [False] * 10
+  assert all(winner(ds[k]) == truth[k] and not ds[k].tie for k in truth)
+  # Independent wiring check: the posterior is that of annotators.dawid_skene on the same labels.
+  from rlhf_jax.data import annotators
+  ann = annotators.validate_annotations(
+      [int(c.item_id[1:]) for c in comps], [["g1", "g2", "g3", "f1", "f2"].index(c.annotator_id)
+                                           for c in comps],
+      [("a", "b", "tie").index(c.label) for c in comps], num_classes=3)
+  posterior = annotators.dawid_skene(ann).posterior_IxY
+  for i in range(30):
+    p = ds[f"i{i}"]
+    got = [p.metadata["posterior"][k] for k in ("a", "b", "tie")]
+    # Annotator indices differ (first-seen order) but the posterior does not depend on them.
+    assert got == pytest.approx(posterior[i], abs=1e-9)
+    assert p.confidence == pytest.approx(posterior[i].max()) and 0.5 < p.confidence <= 1.0
+    assert p.weight is None  # left to the data: the confidence must not be counted twice
+  # Majority confidences are the vote shares.
+  assert majority["i0"].confidence == pytest.approx(3 / 5) and majority["i0"].weight is None
+  with pytest.raises(ValueError, match="method must be"):
+    ma.aggregate_comparisons(comps, method="mean")
+
+
+def test_aggregate_dawid_skene_ties():
+  comps = [_c("x", "tie", "w1"), _c("x", "tie", "w2"), _c("y", "a", "w1"), _c("y", "a", "w2")]
+  got = {p.id: p for p in ma.aggregate_comparisons(comps, method="dawid_skene")}
+  assert got["x"].tie and not got["y"].tie and got["y"].chosen == "A text"
+  assert got["x"].confidence == pytest.approx(got["x"].metadata["posterior"]["tie"])
+  kept = ma.aggregate_comparisons(comps, method="dawid_skene", on_tie="drop")
+  assert [p.id for p in kept] == ["y"]
+
+
+def test_iter_aggregated_preferences_counts_labels(tmp_path):
+  rows = [{"item_id": "x", **ITEM, "labels": ["a", "a", "b"]},
+          {"item_id": "y", **ITEM, "labels": ["a"]},
+          {"item_id": "z", **ITEM, "labels": ["a", "b"]},  # a/b tie under majority
+          {"item_id": "e", **ITEM, "response_a": "", "labels": ["a", "b"]}]  # empty: dropped
+  path = _write(tmp_path / "c.jsonl", rows)
+  report = IngestionReport()
+  prefs = list(ma.iter_aggregated_preferences(path, report, method="majority", min_votes=2,
+                                              on_tie="drop"))
+  assert [p.id for p in prefs] == ["x"] and prefs[0].source == f"{tmp_path.name}/c"
+  assert prefs[0].confidence == pytest.approx(2 / 3)
+  assert (report.records_read, report.kept) == (8, 1)
+  assert report.dropped == {"merged_into_item": 2, "aggregate_min_votes": 1, "aggregate_tie": 2,
+                            "empty_response_a": 2}
+  assert report.records_read == report.kept + report.num_dropped

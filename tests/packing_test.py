@@ -112,3 +112,21 @@ def test_bad_inputs(tokens, masks, kwargs, message):
   args = dict(row_length=4, pad_id=PAD)
   with pytest.raises(ValueError, match=message):
     packing.pack_sequences(tokens, masks, **{**args, **kwargs})
+
+
+def test_collate_packed_sft_pads_the_row_count_to_a_bucket():
+  records = [{"id": f"e{i}", "token_ids": [i + 1] * 3, "loss_mask": [0, 1, 1]} for i in range(5)]
+  rows = packing.collate_packed_sft(records, row_length=8, pad_id=PAD, row_buckets=(1, 2, 4, 8))
+  # Two examples fit per row of 8: 3 rows are used, padded to the bucket of 4.
+  np.testing.assert_array_equal(rows.tokens_BxL, [[1, 1, 1, 2, 2, 2, PAD, PAD],
+                                                  [3, 3, 3, 4, 4, 4, PAD, PAD],
+                                                  [5, 5, 5, PAD, PAD, PAD, PAD, PAD],
+                                                  [PAD] * 8])
+  np.testing.assert_array_equal(rows.segment_ids_BxL[:, :6], [[1, 1, 1, 2, 2, 2]] * 2 +
+                                [[1, 1, 1, 0, 0, 0], [0] * 6])
+  np.testing.assert_array_equal(rows.loss_mask_BxL[0], [0, 1, 1, 0, 1, 1, 0, 0])
+  assert not rows.loss_mask_BxL[3].any() and not rows.positions_BxL[3].any()
+  exact = packing.collate_packed_sft(records[:2], row_length=8, pad_id=PAD, row_buckets=(1, 2))
+  assert exact.tokens_BxL.shape == (1, 8)
+  with pytest.raises(ValueError, match="example 'e0' has 3 tokens, more than row_length 2"):
+    packing.collate_packed_sft(records, row_length=2, pad_id=PAD, row_buckets=(8,))

@@ -13,7 +13,8 @@ CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 def _pref(**overrides):
   d = {"prompt": CONV, "chosen": "Hello.", "rejected": "Go away.", "id": "p1",
-       "annotator_id": "ann7", "tie": False, "confidence": 0.75, "margin": 2.0, "source": "unit",
+       "annotator_id": "ann7", "tie": False, "confidence": 0.75, "margin": 2.0, "weight": 0.5,
+       "source": "unit",
        "metadata": {"model": "m-1", "temperature": 0.7}}
   d.update(overrides)
   return d
@@ -72,6 +73,8 @@ def test_integer_ids_become_strings_but_bools_do_not():
     ({"confidence": 1.5}, "confidence", r"\[0, 1\]"),
     ({"confidence": "high"}, "confidence", "expected a number"),
     ({"margin": float("nan")}, "margin", "finite"),
+    ({"weight": -0.5}, "weight", "non-negative"),
+    ({"weight": True}, "weight", "expected a number"),
     ({"annotator_id": 4}, "annotator_id", "expected str or null"),
     ({"metadata": []}, "metadata", "JSON object"),
     ({"metadata": {"x": {1, 2}}}, "metadata", "JSON-serialisable"),
@@ -135,3 +138,12 @@ def test_prompt_text_and_version():
   assert schemas.prompt_text(PreferenceExample.from_dict(_pref()).prompt) == (
       "system: Be brief.\nuser: Hi?")
   assert isinstance(schemas.SCHEMA_VERSION, str) and schemas.SCHEMA_VERSION
+
+
+def test_weight_is_written_only_when_set():
+  d = _pref()
+  del d["weight"]
+  ex = PreferenceExample.from_dict(d)
+  assert ex.weight is None and "weight" not in ex.to_dict()  # version-1 dicts are unchanged
+  assert PreferenceExample.from_dict({**d, "weight": None}).to_dict() == d
+  assert PreferenceExample.from_dict({**d, "weight": 2}).to_dict()["weight"] == 2.0

@@ -24,7 +24,7 @@ def _preference_records(n, with_ids=True, offset=0):
       record.update(prompt_ids=list(range(i % 4)), chosen_ids=[7, i], rejected_ids=[9] * (i % 3))
     if i % 2:  # metadata on some records only: the rest get the defaults
       record.update(annotator_id=f"rater{i}", weight=0.5 * i, confidence=0.75, tie=True,
-                    source="synthetic")
+                    margin=0.25 * i, source="synthetic")
     records.append(record)
   return records
 
@@ -95,7 +95,7 @@ def test_token_ids_inferred_absent_when_no_record_has_them(tmp_path):
 
 def test_none_means_default_for_optional_fields(tmp_path):
   record = {"id": "p", "prompt": "q", "chosen": "a", "rejected": "b", "annotator_id": None,
-            "confidence": None, "source": None, "tie": None, "weight": None,
+            "confidence": None, "source": None, "tie": None, "weight": None, "margin": None,
             "prompt_ids": None, "chosen_ids": None, "rejected_ids": None}
   path = tfds_builders.build_dataset("preference", {"train": [record]}, tmp_path, "nones")
   got = tfds_builders.open_split(path, "train")[0]

@@ -124,6 +124,7 @@ class PreferenceBatch(NamedTuple):
   weight_B: np.ndarray      # float32 per-pair weight (1 when not given)
   confidence_B: np.ndarray  # float32 label confidence (1 when not given)
   tie_B: np.ndarray         # bool, the annotator saw no preference
+  margin_B: np.ndarray      # float32 preference strength for margin losses (0 when not given)
 
 
 def pad_prompts(prompts: Sequence[TokenIds], *, buckets: Sequence[int], pad_id: int,
@@ -253,13 +254,23 @@ def collate_sft(examples: Sequence[Mapping[str, Any]], *, buckets: Sequence[int]
 
 def collate_preferences(examples: Sequence[Mapping[str, Any]], *, buckets: Sequence[int],
                         pad_id: int) -> PreferenceBatch:
-  """Batch function for preference records ("prompt_ids", "chosen_ids", "rejected_ids")."""
+  """Batch function for preference records ("prompt_ids", "chosen_ids", "rejected_ids").
+
+  Optional "weight", "confidence" (default 1), "margin" (default 0) and "tie" (default False)
+  fill the per-pair arrays; None counts as missing.
+  """
   rows = pad_preference_pairs(
       _field(examples, "prompt_ids"), _field(examples, "chosen_ids"),
       _field(examples, "rejected_ids"), buckets=buckets, pad_id=pad_id,
       example_ids=_ids(examples))
   return PreferenceBatch(
       rows=rows,
-      weight_B=np.asarray([e.get("weight", 1.0) for e in examples], np.float32),
-      confidence_B=np.asarray([e.get("confidence", 1.0) for e in examples], np.float32),
-      tie_B=np.asarray([bool(e.get("tie", False)) for e in examples], np.bool_))
+      weight_B=_floats(examples, "weight", 1.0),
+      confidence_B=_floats(examples, "confidence", 1.0),
+      tie_B=np.asarray([bool(e.get("tie", False)) for e in examples], np.bool_),
+      margin_B=_floats(examples, "margin", 0.0))
+
+
+def _floats(examples: Sequence[Mapping[str, Any]], name: str, default: float) -> np.ndarray:
+  """float32 values of an optional field; missing or None gives the default."""
+  return np.asarray([default if e.get(name) is None else e[name] for e in examples], np.float32)

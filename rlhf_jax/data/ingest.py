@@ -33,7 +33,7 @@ from rlhf_jax.data.validation import apply_policy
 DEFAULT_POLICY = ValidationPolicy()
 
 _PREFERENCE_FIELDS = ("prompt", "chosen", "rejected", "id", "annotator_id", "tie", "confidence",
-                      "margin", "source", "metadata")
+                      "margin", "weight", "source", "metadata")
 _SFT_FIELDS = ("prompt", "response", "completion", "messages", "id", "source", "metadata")
 _PROMPT_FIELDS = ("prompt", "id", "source", "metadata")
 
@@ -161,7 +161,8 @@ def preference_parser(report: IngestionReport) -> Callable[[Mapping[str, Any], i
     else:
       raise SchemaError("prompt", "missing required field (it can only be inferred when chosen "
                         "and rejected are both message lists)")
-    fields = {k: record[k] for k in ("annotator_id", "tie", "confidence", "margin") if k in record}
+    fields = {k: record[k] for k in ("annotator_id", "tie", "confidence", "margin", "weight")
+              if k in record}
     return PreferenceExample(
         prompt=prompt, chosen=chosen, rejected=rejected, id=record.get("id", f"{source}:{line}"),
         source=record.get("source", source),

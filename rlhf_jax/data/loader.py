@@ -112,7 +112,8 @@ def make_loader(source: Any, *, batch_size: int, seed: int, shuffle: bool = True
                 num_epochs: int | None = None, transforms: Sequence[Callable] = (),
                 batch_fn: Callable[[list[Example]], Batch] = stack_examples,
                 process_index: int | None = None, process_count: int | None = None,
-                drop_remainder: bool = True, read_threads: int = 0) -> Loader:
+                drop_remainder: bool = True, read_threads: int = 0,
+                identity: Mapping[str, Any] | None = None) -> Loader:
   """Builds a deterministic, per-process sharded, resumable batch pipeline.
 
   Args:
@@ -129,6 +130,8 @@ def make_loader(source: Any, *, batch_size: int, seed: int, shuffle: bool = True
     drop_remainder: drop the final incomplete global batch. If False it is split in order across
       processes, so some processes get a short batch and later ones may get none.
     read_threads: grain read threads (0 reads synchronously in the calling thread).
+    identity: extra JSON-serialisable settings a restored state must match (e.g. the dataset id
+      and batch shapes), so a state is not silently applied to another dataset of the same size.
 
   Returns:
     A `Loader`; `iter(loader)` gives a `LoaderIterator` with get_state()/set_state().
@@ -181,5 +184,9 @@ def make_loader(source: Any, *, batch_size: int, seed: int, shuffle: bool = True
 
   settings = {"num_records": num_records, "global_batch_size": global_batch, "seed": seed,
               "shuffle": shuffle, "num_epochs": num_epochs, "drop_remainder": drop_remainder}
+  clash = sorted(set(identity or {}) & set(settings))
+  if clash:
+    raise ValueError(f"identity keys {clash} clash with the loader's own settings")
+  settings.update(json.loads(json.dumps(identity or {})))  # as a saved state reads it back
   return Loader(indices.map(read_batch), settings, num_batches, read_threads)
 

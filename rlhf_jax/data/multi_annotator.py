@@ -12,6 +12,13 @@ Anonymous labels (a bare list without "annotator_ids") get the ids "<item_id>/<k
 so they are never conflated across items. Rows of one item must agree on prompt and responses
 (else DataError naming both lines); a second label by the same annotator for the same item is
 dropped and counted as "duplicate_annotation". `IngestionReport.records_read` counts labels.
+
+Aggregation (`aggregate_comparisons`) turns an item's labels into one PreferenceExample by
+majority vote or by Dawid-Skene EM (expectation-maximisation over annotator confusion matrices),
+with `confidence` set to the probability of the chosen label. It reaches the batches as
+`PreferenceBatch.confidence_B`, which the reward-model step multiplies into the pair weights
+(`algorithms.reward_model`, use_confidence=True). `weight` is left unset (1) so that nothing
+counts the posterior twice; it is for weights given in the data.
 """
 from __future__ import annotations
 
@@ -20,9 +27,12 @@ import dataclasses
 import os
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
-from rlhf_jax.data import records
+import numpy as np
+
+from rlhf_jax.data import annotators, records
 from rlhf_jax.data.ingest import DEFAULT_POLICY, default_source
-from rlhf_jax.data.schemas import Comparison, PreferenceExample, SchemaError, prompt_from_json
+from rlhf_jax.data.schemas import LABELS, Comparison, PreferenceExample, SchemaError
+from rlhf_jax.data.schemas import prompt_from_json
 from rlhf_jax.data.tokenizer import Tokenizer
 from rlhf_jax.data.validation import DataError, IngestionReport, ValidationPolicy, apply_policy
 
@@ -138,23 +148,52 @@ class Votes:
     return self.a + self.b + self.tie
 
 
-def aggregate_comparisons(comparisons: Sequence[Comparison], *, min_votes: int = 1,
-                          on_tie: Literal["tie", "drop"] = "tie",
-                          report: IngestionReport | None = None) -> list[PreferenceExample]:
-  """Majority vote per item: one PreferenceExample per item, in first-seen order.
+def _dawid_skene_posteriors(comparisons: Sequence[Comparison], item_ids: Sequence[str],
+                            **ds_options: float) -> np.ndarray:
+  """posterior_IxY over (a, b, tie) for `item_ids` (in that order), by Dawid-Skene EM."""
+  item_index = {item_id: i for i, item_id in enumerate(item_ids)}
+  annotator_index: dict[str, int] = {}
+  for c in comparisons:
+    annotator_index.setdefault(c.annotator_id, len(annotator_index))
+  ann = annotators.validate_annotations(
+      [item_index[c.item_id] for c in comparisons],
+      [annotator_index[c.annotator_id] for c in comparisons],
+      [LABELS.index(c.label) for c in comparisons], num_classes=len(LABELS),
+      num_items=len(item_ids), num_annotators=len(annotator_index))
+  return annotators.dawid_skene(ann, **ds_options).posterior_IxY
 
-  The winner is the response with more "a"/"b" votes ("tie" votes count for neither).
-  `confidence` = winner votes / all votes of the item; `metadata["votes"]` keeps the counts.
-  Equal a/b votes give a tie example (`tie=True`, response_a first, confidence = 0.5) or are
-  dropped (`on_tie="drop"`). Items with fewer than `min_votes` labels are dropped. Drops are
-  counted in `report` ("aggregate_tie", "aggregate_min_votes") when one is given; the report
-  then counts items, not labels.
+
+def aggregate_comparisons(comparisons: Sequence[Comparison], *,
+                          method: Literal["majority", "dawid_skene"] = "majority",
+                          min_votes: int = 1, on_tie: Literal["tie", "drop"] = "tie",
+                          report: IngestionReport | None = None,
+                          confusion_smoothing: float = 0.01,
+                          prior_smoothing: float = 0.01) -> list[PreferenceExample]:
+  """One PreferenceExample per item, in first-seen order, with its confidence.
+
+  method="majority": the winner is the response with more "a"/"b" votes ("tie" votes count for
+  neither); `confidence` = winner votes / all votes of the item. Equal a/b votes make a tie.
+
+  method="dawid_skene": labels of all items are fitted jointly with the Dawid-Skene model
+  (`annotators.dawid_skene` over the classes a, b, tie), which learns how reliable each annotator
+  is. The winner is the class with the largest posterior probability; `confidence` is that
+  probability; a tie is an item whose most probable class is "tie" or whose a and b posteriors
+  are equal. `metadata["posterior"]` keeps {a, b, tie}. The smoothing arguments go to the EM.
+
+  Either way `metadata["votes"]` keeps the raw counts, and `weight` stays unset: a reward-model
+  loss weighted by confidence (see the module docstring) counts uncertain items less, and a
+  weight equal to the confidence would count it twice. A tie example has `tie=True` and
+  response_a first, or is dropped (`on_tie="drop"`). Items with fewer than `min_votes` labels
+  are dropped. Drops are counted in `report` ("aggregate_tie", "aggregate_min_votes") when one
+  is given; the report then counts items, not labels.
 
   Example:
-    labels a, a, b on one item -> chosen = response_a, confidence = 2/3.
+    labels a, a, b on one item, majority -> chosen = response_a, confidence = 2/3.
   """
   if on_tie not in ("tie", "drop"):
     raise ValueError(f"on_tie must be 'tie' or 'drop', got {on_tie!r}")
+  if method not in ("majority", "dawid_skene"):
+    raise ValueError(f"method must be 'majority' or 'dawid_skene', got {method!r}")
   votes: dict[str, collections.Counter] = {}
   first: dict[str, Comparison] = {}
   for c in comparisons:
@@ -164,25 +203,69 @@ def aggregate_comparisons(comparisons: Sequence[Comparison], *, min_votes: int =
       raise ValueError(f"item {c.item_id!r} appears with different prompt or responses")
     first.setdefault(c.item_id, c)
     votes.setdefault(c.item_id, collections.Counter())[c.label] += 1
+  posterior_IxY = None
+  if method == "dawid_skene" and first:
+    posterior_IxY = _dawid_skene_posteriors(comparisons, list(first),
+                                            confusion_smoothing=confusion_smoothing,
+                                            prior_smoothing=prior_smoothing)
   out = []
-  for item_id, c in first.items():
+  for i, (item_id, c) in enumerate(first.items()):
     v = Votes(**votes[item_id])
+    extra = {}
+    if posterior_IxY is None:
+      tie = v.a == v.b
+      a_wins = v.a >= v.b
+      confidence = 0.5 if tie else max(v.a, v.b) / v.total
+    else:
+      p_a, p_b, p_tie = (float(x) for x in posterior_IxY[i])
+      tie = p_tie > max(p_a, p_b) or p_a == p_b
+      a_wins = p_a >= p_b
+      confidence = max(p_a, p_b, p_tie)
+      extra = {"posterior": {"a": p_a, "b": p_b, "tie": p_tie}}
     if report is not None:
       report.records_read += 1
     if v.total < min_votes:
       if report is not None:
         report.drop("aggregate_min_votes", None, f"item {item_id!r}: {v.total} votes")
       continue
-    if v.a == v.b and on_tie == "drop":
+    if tie and on_tie == "drop":
       if report is not None:
         report.drop("aggregate_tie", None, f"item {item_id!r}")
       continue
-    a_wins = v.a >= v.b
     out.append(PreferenceExample(
         prompt=c.prompt, chosen=c.response_a if a_wins else c.response_b,
-        rejected=c.response_b if a_wins else c.response_a, id=item_id, tie=v.a == v.b,
-        confidence=0.5 if v.a == v.b else max(v.a, v.b) / v.total,
-        metadata={**c.metadata, "votes": dataclasses.asdict(v)}))
+        rejected=c.response_b if a_wins else c.response_a, id=item_id, tie=tie,
+        confidence=confidence,
+        metadata={**c.metadata, "votes": dataclasses.asdict(v), **extra}))
     if report is not None:
       report.kept += 1
   return out
+
+
+def iter_aggregated_preferences(path: str | os.PathLike, report: IngestionReport, *,
+                                policy: ValidationPolicy = DEFAULT_POLICY,
+                                tokenizer: Tokenizer | None = None, source: str | None = None,
+                                method: Literal["majority", "dawid_skene"] = "dawid_skene",
+                                min_votes: int = 1, on_tie: Literal["tie", "drop"] = "tie"
+                                ) -> Iterator[PreferenceExample]:
+  """Reads a comparisons file and yields its aggregated preferences (a `prepare` reader).
+
+  The whole file is read first (aggregation needs every label). `report` counts LABELS so that
+  `records_read == kept + dropped` still holds: a kept item counts one kept label and its other
+  labels as "merged_into_item"; the labels of a dropped item count as "aggregate_min_votes" or
+  "aggregate_tie". Each example's `source` is the file's (see `ingest.default_source`).
+  """
+  source = source or default_source(path)
+  comparisons = list(iter_comparisons(path, report, policy=policy, tokenizer=tokenizer,
+                                      source=source))
+  examples = aggregate_comparisons(comparisons, method=method, min_votes=min_votes,
+                                   on_tie=on_tie)
+  labels_per_item = collections.Counter(c.item_id for c in comparisons)
+  kept_items = {e.id for e in examples}
+  for item_id, n in labels_per_item.items():
+    if item_id in kept_items:
+      report.remove_kept("merged_into_item", n - 1)
+    else:
+      report.remove_kept("aggregate_min_votes" if n < min_votes else "aggregate_tie", n)
+  for example in examples:
+    yield dataclasses.replace(example, source=source)

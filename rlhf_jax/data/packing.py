@@ -16,9 +16,11 @@ shifts targets without looking at segment ids.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
+
+from rlhf_jax.data.batching import pick_bucket
 
 Overlong = Literal["error", "skip", "truncate"]
 
@@ -180,3 +182,27 @@ def unpack_sequences(result: PackResult) -> dict[int, tuple[np.ndarray, np.ndarr
       recovered[index] = (rows.tokens_BxL[row, start:stop].copy(),
                           rows.loss_mask_BxL[row, start:stop].copy())
   return recovered
+
+
+def collate_packed_sft(examples: Sequence[Mapping[str, Any]], *, row_length: int, pad_id: int,
+                       row_buckets: Sequence[int]) -> PackedRows:
+  """Batch function: packs SFT records ("token_ids", "loss_mask") first-fit into rows.
+
+  The row count is padded up to the smallest of `row_buckets` that holds the packed rows, so a
+  jitted step sees only a few shapes; the extra rows are all padding (segment id 0, loss mask 0).
+  An example longer than `row_length` raises, naming it.
+
+  Example:
+    collate_packed_sft([{"token_ids": [1, 2], "loss_mask": [0, 1]}] * 3, row_length=4, pad_id=0,
+                       row_buckets=(1, 2, 4)).tokens_BxL   # [[1, 2, 1, 2], [1, 2, 0, 0]]
+  """
+  result = pack_sequences(
+      [e["token_ids"] for e in examples], [e["loss_mask"] for e in examples],
+      row_length=row_length, pad_id=pad_id, overlong="error",
+      example_ids=[e.get("id", f"#{i}") for i, e in enumerate(examples)])
+  rows = result.rows
+  extra = pick_bucket(rows.tokens_BxL.shape[0], row_buckets) - rows.tokens_BxL.shape[0]
+  if not extra:
+    return rows
+  return PackedRows(*(np.pad(x, ((0, extra), (0, 0)), constant_values=pad_id if i == 0 else 0)
+                      for i, x in enumerate(rows)))

@@ -19,7 +19,7 @@ import os
 import pathlib
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
-from rlhf_jax.data import dedup, hh_rlhf, ingest, manifest, records
+from rlhf_jax.data import dedup, hh_rlhf, ingest, manifest, multi_annotator, records
 from rlhf_jax.data.tokenizer import Tokenizer
 from rlhf_jax.data.validation import IngestionReport, ValidationPolicy
 
@@ -28,16 +28,21 @@ READERS: Mapping[str, Callable[..., Iterator[Any]]] = {
     "hh_rlhf": hh_rlhf.iter_hh_rlhf,
     "sft": ingest.iter_sft,
     "prompts": ingest.iter_prompts,
+    # Multi-annotator comparisons, aggregated into weighted preferences (Dawid-Skene by default).
+    "comparisons": multi_annotator.iter_aggregated_preferences,
 }
 
 
 def prepare_dataset(name: str, sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                    reader: Literal["preferences", "hh_rlhf", "sft", "prompts"] = "preferences",
+                    reader: Literal["preferences", "hh_rlhf", "sft", "prompts",
+                                    "comparisons"] = "preferences",
+                    reader_options: Mapping[str, Any] | None = None,
                     policy: ValidationPolicy = ingest.DEFAULT_POLICY,
                     tokenizer: Tokenizer | None = None,
                     dedup_mode: Literal["exact", "normalized"] | None = "normalized",
                     eval_fraction: float = 0.0, seed: int = 0,
-                    params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    params: Mapping[str, Any] | None = None,
+                    report: IngestionReport | None = None) -> dict[str, Any]:
   """Builds one dataset version in `out_dir` and returns its manifest.
 
   Args:
@@ -45,6 +50,8 @@ def prepare_dataset(name: str, sources: Sequence[str | os.PathLike], out_dir: st
     sources: input files, read in order with `reader`.
     out_dir: output folder (created); gets train.jsonl.gz [, eval.jsonl.gz] and manifest.json.
     reader: record layout of the sources (see `READERS`).
+    reader_options: extra keyword arguments of the reader, recorded in the manifest (e.g.
+      {"method": "majority", "min_votes": 2} for "comparisons").
     policy: validation policy for empty / identical / over-long examples.
     tokenizer: enables token-length limits of the policy; its id goes into the manifest.
     dedup_mode: drop repeated examples (pairs for preference/SFT, prompts for prompt data) by
@@ -52,6 +59,8 @@ def prepare_dataset(name: str, sources: Sequence[str | os.PathLike], out_dir: st
     eval_fraction: expected fraction of distinct prompts put in the eval split (0: train only).
     seed: seed of the prompt-level split.
     params: extra creation parameters recorded in the manifest.
+    report: if given, receives this run's merged counts and warnings (its `summary()` is the
+      human-readable ingestion report; the manifest keeps only the counts).
   """
   if reader not in READERS:
     raise ValueError(f"reader must be one of {sorted(READERS)}, got {reader!r}")
@@ -67,10 +76,11 @@ def prepare_dataset(name: str, sources: Sequence[str | os.PathLike], out_dir: st
   with contextlib.ExitStack() as stack:
     writers = {s: stack.enter_context(records.jsonl_writer(p)) for s, p in outputs.items()}
     for src in sources:
-      report = IngestionReport(source=str(src))
-      reports.append(report)
+      src_report = IngestionReport(source=str(src))
+      reports.append(src_report)
       removed = 0
-      for ex in READERS[reader](src, report, policy=policy, tokenizer=tokenizer):
+      for ex in READERS[reader](src, src_report, policy=policy, tokenizer=tokenizer,
+                                **(reader_options or {})):
         if dedup_mode is not None:
           k = key(ex)
           if k in seen:
@@ -81,13 +91,19 @@ def prepare_dataset(name: str, sources: Sequence[str | os.PathLike], out_dir: st
                  else "train")
         writers[split](ex)
         counts[split] += 1
-      report.remove_kept(f"duplicate_{'prompt_' if reader == 'prompts' else ''}{dedup_mode}",
-                         removed)
+      src_report.remove_kept(
+          f"duplicate_{'prompt_' if reader == 'prompts' else ''}{dedup_mode}", removed)
   total = IngestionReport.merge(reports, source=name)
+  if report is not None:
+    for field in dataclasses.fields(IngestionReport):
+      setattr(report, field.name, getattr(total, field.name))
+  run_params = {"reader": reader, "policy": dataclasses.asdict(policy), "dedup_mode": dedup_mode,
+                "eval_fraction": eval_fraction, "seed": seed}
+  if reader_options:  # only when given, so ids of datasets prepared without them do not change
+    run_params["reader_options"] = dict(reader_options)
   m = manifest.build_manifest(
       name, root=out_dir, outputs=outputs, counts=counts, sources=sources, report=total,
       tokenizer_id=tokenizer.id if tokenizer is not None else None,
-      params={"reader": reader, "policy": dataclasses.asdict(policy), "dedup_mode": dedup_mode,
-              "eval_fraction": eval_fraction, "seed": seed, **(params or {})})
+      params={**run_params, **(params or {})})
   manifest.write_manifest(out_dir / "manifest.json", m)
   return m

@@ -14,7 +14,7 @@ Conventions:
   * `metadata` holds JSON-serialisable provenance (model id, sampling temperature, ...).
 
 Bumping `SCHEMA_VERSION` is required whenever a field is added, removed or changes meaning; it is
-recorded in every dataset manifest.
+recorded in every dataset manifest. Version 2 added `PreferenceExample.weight`.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import json
 import math
 from typing import Any, Mapping, Sequence, Union
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 ROLES = ("system", "user", "assistant")
 LABELS = ("a", "b", "tie")
@@ -70,7 +70,10 @@ class PreferenceExample:
 
   `tie=True` marks an equally-good pair (order then carries no information); `confidence` in
   [0, 1] is the annotators' agreement or a labeller's probability; `margin` is an optional
-  preference strength (e.g. a Likert difference) used by margin-aware reward losses.
+  preference strength (e.g. a Likert difference) used by margin-aware reward losses; `weight` is
+  an optional non-negative per-pair loss weight given in the data (None means 1), e.g. to
+  down-weight a noisy source. Aggregated labels put their probability (e.g. a Dawid-Skene
+  posterior) in `confidence`, not in `weight`.
   """
 
   prompt: Prompt
@@ -81,6 +84,7 @@ class PreferenceExample:
   tie: bool = False
   confidence: float | None = None
   margin: float | None = None
+  weight: float | None = None
   source: str | None = None
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -96,20 +100,32 @@ class PreferenceExample:
     if self.confidence is not None and not 0.0 <= self.confidence <= 1.0:
       raise SchemaError("confidence", f"must lie in [0, 1], got {self.confidence}")
     object.__setattr__(self, "margin", _coerce_optional_float("margin", self.margin))
+    object.__setattr__(self, "weight", _coerce_optional_float("weight", self.weight))
+    if self.weight is not None and self.weight < 0:
+      raise SchemaError("weight", f"must be non-negative, got {self.weight}")
     _check_optional_str("source", self.source)
     object.__setattr__(self, "metadata", _check_metadata(self.metadata))
 
   def to_dict(self) -> dict[str, Any]:
-    return {"prompt": prompt_to_json(self.prompt), "chosen": self.chosen, "rejected": self.rejected,
-            "id": self.id, "annotator_id": self.annotator_id, "tie": self.tie,
-            "confidence": self.confidence, "margin": self.margin, "source": self.source,
-            "metadata": dict(self.metadata)}
+    """A JSON-serialisable dict.
+
+    `weight` (added in schema version 2) is written only when set, so the dicts of unweighted
+    pairs are exactly those of version 1.
+    """
+    d = {"prompt": prompt_to_json(self.prompt), "chosen": self.chosen, "rejected": self.rejected,
+         "id": self.id, "annotator_id": self.annotator_id, "tie": self.tie,
+         "confidence": self.confidence, "margin": self.margin, "source": self.source,
+         "metadata": dict(self.metadata)}
+    if self.weight is not None:
+      d["weight"] = self.weight
+    return d
 
   @classmethod
   def from_dict(cls, d: Any) -> "PreferenceExample":
     d = _check_mapping("preference example", d)
     _check_keys(d, required=("prompt", "chosen", "rejected", "id"),
-                optional=("annotator_id", "tie", "confidence", "margin", "source", "metadata"))
+                optional=("annotator_id", "tie", "confidence", "margin", "weight", "source",
+                          "metadata"))
     return cls(**{**d, "prompt": prompt_from_json("prompt", d["prompt"])})
 
 

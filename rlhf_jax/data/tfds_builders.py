@@ -7,8 +7,10 @@ TensorFlow: reading goes through `tfds.builder_from_directory(...).as_data_sourc
 
 Three kinds of dataset, each with a fixed feature spec (see `FIELDS`):
 
-  preference  prompt / chosen / rejected text, optional token ids, annotator id, weight,
-              confidence, tie flag, source, example id
+  preference  prompt / chosen / rejected text, optional token ids, annotator id, weight (loss
+              weight given in the data), confidence (label probability, e.g. a Dawid-Skene
+              posterior), margin (preference strength for margin losses), tie flag, source,
+              example id
   sft         prompt / response text, optional token ids with a per-token loss mask, source,
               example id (SFT = supervised fine-tuning)
   prompt      prompt text, optional token ids, optional reference answer, source, example id
@@ -19,7 +21,8 @@ Guarantees:
   * Rebuilding the same records gives byte-identical files, also across processes (TFDS serialises
     the tf.Example feature map in hash order; we ask protobuf for its deterministic map order).
   * Optional fields that are missing or None get their default ("" for text, 1.0 for weight and
-    confidence, False for tie), so `schemas` `to_dict()` output maps over field by field.
+    confidence, 0.0 for margin, False for tie), so `schemas` `to_dict()` output maps over field
+    by field.
   * A dataset can be opened in a fresh process: the builder classes are never registered and
     `open_split` reads only the files (features.json, dataset_info.json, shards).
 """
@@ -73,6 +76,7 @@ FIELDS: dict[str, dict[str, Field]] = {
         "annotator_id": Field("text", default=""),
         "weight": Field("float", default=1.0),
         "confidence": Field("float", default=1.0),
+        "margin": Field("float", default=0.0),  # preference strength; 0 means no margin
         "tie": Field("bool", default=False),
         "source": Field("text", default=""),
     },
