@@ -168,7 +168,12 @@ def gold_reward(prompts: Sequence[str], responses: Sequence[str],
     rows.append([s[c] for c in COMPONENTS])
   table = np.asarray(rows, np.float64).reshape(len(rows), len(COMPONENTS))
   weights = np.asarray([config.weights()[c] for c in COMPONENTS], np.float64)
-  return GoldResult(total=table @ weights, **{c: table[:, j] for j, c in enumerate(COMPONENTS)})
+  # A fixed-order sum, not `table @ weights`: BLAS may reorder the additions per CPU, and the gold
+  # reward feeds dataset hashes that must be identical on every machine.
+  total = np.zeros(table.shape[0], np.float64)
+  for j in range(len(COMPONENTS)):
+    total = total + table[:, j] * weights[j]
+  return GoldResult(total=total, **{c: table[:, j] for j, c in enumerate(COMPONENTS)})
 
 
 def _sentiment(units: Sequence[Sequence[str]], config: GoldConfig) -> float:
