@@ -77,6 +77,11 @@ def _logged_steps(workdir: pathlib.Path) -> list[int]:
   return steps
 
 
+def _committed(workdir: pathlib.Path, step: int) -> bool:
+  """The step's save was renamed from its temporary name and carries Orbax's commit marker."""
+  return (workdir / "checkpoints" / str(step) / "commit_success.txt").exists()
+
+
 def _params(workdir: pathlib.Path) -> dict[str, np.ndarray]:
   with np.load(workdir / "final_params.npz") as f:
     return {k: f[k] for k in f.files}
@@ -108,7 +113,9 @@ def reference_run(tmp_path_factory) -> pathlib.Path:
 
 def test_sigkill_mid_step_then_resume_is_bitwise_equal(tmp_path, reference_run):
   proc = _start(tmp_path, "--step_sleep", "0.05")
-  _wait_until(lambda: len(_logged_steps(tmp_path)) >= 4, proc)  # past the step-3 checkpoint
+  # Past step 4 AND the asynchronous step-3 save committed (under load the commit can lag the
+  # steps), so the restart has a complete checkpoint to resume from.
+  _wait_until(lambda: len(_logged_steps(tmp_path)) >= 4 and _committed(tmp_path, 3), proc)
   delay = random.uniform(0.0, 0.2)
   print(f"killing {delay:.3f} s after step 4 was logged")
   time.sleep(delay)
