@@ -4,18 +4,22 @@
   python experiments/train_sft.py --config configs/sft.py:test --workdir /tmp/sft   # seconds, for tests
   ... --config.optimizer.lr=1e-3 --config.train.total_steps=500                        # overrides
 
-Variants: "" (default: `tiny` model, minutes on a 2-core CPU), "test" (a few steps of a toy model).
+Variants: "" (default: `tiny` model, minutes on a 2-core CPU), "test" (a few steps of a toy model),
+"pod_v4_32" / "pod_v5e_256" (TPU pod layouts, rlhf_jax.config.pods; see docs/TPU.md).
 """
 import ml_collections
 
 from rlhf_jax.algorithms.optimizer import optimizer_config_defaults
-from rlhf_jax.config import checkpoint_section, lab_section, mesh_section, model_section, tokenizer_section
+from rlhf_jax.config import checkpoint_section, lab_section, mesh_section, model_section, pods, tokenizer_section
+
+TRAINER = "rlhf_jax.algorithms.sft:train_sft"  # run(config, workdir); see rlhf_jax/config/__init__.py
+VARIANTS = ("", "test") + pods.POD_VARIANTS
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   test = variant == "test"
-  if variant not in ("", "test"):
-    raise ValueError(f"unknown configs/sft.py variant {variant!r}; use '' or 'test'")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown configs/sft.py variant {variant!r}; use one of {VARIANTS}")
   config = ml_collections.ConfigDict()
   config.seed = 0  # seeds parameter init, data order and every per-step PRNG stream
   config.registry_dir = ""  # artifact registry; "" = <workdir>/../artifacts (shared by sibling stages)
@@ -60,4 +64,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.num_sample_prompts = 64 if not test else 4  # held-out prompts sampled at the end (0 = off)
   config.eval.max_new_tokens = 48 if not test else 8  # response budget of those samples
+  if variant in pods.POD_VARIANTS:
+    return pods.apply_pod(config, variant)
   return config

@@ -5,18 +5,27 @@ first slash groups them in TensorBoard. Only process 0 writes: `make_writers` re
 drops everything on other processes, so callers never branch on the process index.
 
 JSONL format, one object per line: `{"step": 12, "loss/total": 0.52, ...}`.
+
+The workdir may be a bucket URI (`gs://...`): objects there cannot be appended to, so the JSONL
+writer keeps the file's lines in memory and re-uploads the whole file at most every
+`upload_every_s` seconds and on `flush()`; TensorBoard event files go through tensorboardX's own
+GCS writer (needs `google-cloud-storage`).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import pathlib
+import os
 import re
+import time
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 import jax
 import numpy as np
+from etils import epath
+
+from rlhf_jax.checkpointing import paths
 
 logger = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
@@ -53,46 +62,80 @@ def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class JsonlWriter:
-  """Appends one JSON object per step to `path` (non-finite values are written as null)."""
+  """Appends one JSON object per step to `path` (non-finite values are written as null).
 
-  def __init__(self, path: str | pathlib.Path):
-    self._path = pathlib.Path(path)
-    self._path.parent.mkdir(parents=True, exist_ok=True)
-    self._file = self._path.open("a", encoding="utf-8", buffering=1)  # line-buffered: survives kills
+  On a local disk the file is opened line-buffered in append mode, so every line survives a kill.
+  In a bucket (no appends) the lines are kept in memory and the whole object is re-uploaded at
+  most every `upload_every_s` seconds and on `flush()` / `close()`.
+  """
+
+  def __init__(self, path: str | os.PathLike, upload_every_s: float = 60.0):
+    self._path = paths.as_path(path)
+    self._remote = paths.is_remote(self._path)
+    self._upload_every_s = upload_every_s
+    self._last_upload = time.monotonic()
+    self._lines: list[str] = []
+    self._file = None
+    if self._remote:
+      if self._path.exists():
+        self._lines = self._path.read_text(encoding="utf-8").splitlines()
+    else:
+      self._path.parent.mkdir(parents=True, exist_ok=True)
+      self._file = open(os.fspath(self._path), "a", encoding="utf-8", buffering=1)  # line-buffered
 
   @property
-  def path(self) -> pathlib.Path:
+  def path(self) -> epath.Path:
     return self._path
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     record = {"step": int(step)}
     record.update({k: (v if math.isfinite(v) else None) for k, v in scalars.items()})
-    self._file.write(json.dumps(record, sort_keys=True) + "\n")
+    line = json.dumps(record, sort_keys=True)
+    if self._file is not None:
+      self._file.write(line + "\n")
+      return
+    self._lines.append(line)
+    if time.monotonic() - self._last_upload >= self._upload_every_s:
+      self.flush()
 
   def rewind(self, step: int) -> None:
     """Drops lines with a step after `step` (e.g. written after the checkpoint a run resumes from)."""
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
+      self._lines = self._path.read_text(encoding="utf-8").splitlines()
     kept = []
-    for line in self._path.read_text(encoding="utf-8").splitlines():
+    for line in self._lines:
       try:
         if int(json.loads(line)["step"]) <= step:
           kept.append(line)
       except (ValueError, KeyError, TypeError):
         continue  # a torn last line from a killed run
-    self._path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    self._file = self._path.open("a", encoding="utf-8", buffering=1)  # line-buffered: survives kills
+    self._lines = kept
+    if self._file is not None:
+      self._path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+      self._lines = []
+      self._file = open(os.fspath(self._path), "a", encoding="utf-8", buffering=1)
+    else:
+      self.flush()
 
   def flush(self) -> None:
-    self._file.flush()
+    if self._file is not None:
+      self._file.flush()
+      return
+    self._path.write_text("".join(line + "\n" for line in self._lines), encoding="utf-8")
+    self._last_upload = time.monotonic()
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
+    else:
+      self.flush()
 
 
-def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """Reads a metrics JSONL file back (null -> nan); raises ValueError naming file and line."""
   records = []
-  with pathlib.Path(path).open(encoding="utf-8") as f:
+  with paths.as_path(path).open("r") as f:
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
         continue
@@ -107,9 +150,9 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
 class TensorBoardWriter:
   """Scalars to TensorBoard event files under `logdir` via tensorboardX (no TensorFlow needed)."""
 
-  def __init__(self, logdir: str | pathlib.Path):
+  def __init__(self, logdir: str | os.PathLike):
     import tensorboardX  # pylint: disable=g-import-not-at-top  (import cost only when used)
-    self._writer = tensorboardX.SummaryWriter(logdir=str(logdir))
+    self._writer = tensorboardX.SummaryWriter(logdir=os.fspath(logdir))
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     for name, value in scalars.items():
@@ -170,7 +213,7 @@ class MultiWriter:
       w.close()
 
 
-def make_writers(workdir: Optional[str | pathlib.Path], *, jsonl: bool = True,
+def make_writers(workdir: Optional[str | os.PathLike], *, jsonl: bool = True,
                  tensorboard: bool = True, log_every: int = 1) -> MultiWriter:
   """The standard writers for a run: `<workdir>/metrics.jsonl`, `<workdir>/tensorboard/`, logging.
 
@@ -179,7 +222,7 @@ def make_writers(workdir: Optional[str | pathlib.Path], *, jsonl: bool = True,
   writers: list[MetricWriter] = []
   if jax.process_index() == 0:
     if workdir is not None:
-      workdir = pathlib.Path(workdir)
+      workdir = paths.as_path(workdir)
       if jsonl:
         writers.append(JsonlWriter(workdir / "metrics.jsonl"))
       if tensorboard:

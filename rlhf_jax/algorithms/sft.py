@@ -4,6 +4,11 @@ The loss is a pure function of log-probs (`rlhf_jax.losses.sft_loss`); this modu
 forward pass (optionally over packed rows with segment-aware attention and positions), the jitted
 step, evaluation, and the host-side run `train_sft(config, workdir)` that every other trainer
 mirrors: validate -> mesh -> data -> tokenizer -> state -> step -> host loop -> export artifact.
+
+Multi-host (one process per host, `rlhf_jax.experiment.start` initialises JAX's distributed
+runtime): every process loads its own `per_host_batch_size` rows of each global batch, takes part
+in every step, evaluation, sampling, checkpoint save and export; only process 0 writes metrics,
+the tokenizer file, the artifact record and `summary.json` (see `run_setup`).
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import dataclasses
 import functools
 import json
 import logging
-import pathlib
+import os
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -94,15 +99,20 @@ class Derived:
   mesh_shape: dict[str, int]
 
 
-def validate_and_derive(config: ml_collections.ConfigDict, num_devices: Optional[int] = None) -> Derived:
-  """Fails fast with a message naming the field; returns the derived sizes."""
+def validate_and_derive(config: ml_collections.ConfigDict, num_devices: Optional[int] = None,
+                        num_processes: Optional[int] = None) -> Derived:
+  """Fails fast with a message naming the field; returns the derived sizes.
+
+  Args:
+    config: an SFT config (configs/sft.py).
+    num_devices: global device count; default `jax.device_count()`. Pass a pod's count to check
+      a pod config on a laptop without running it.
+    num_processes: JAX processes (hosts); default `jax.process_count()`.
+  """
   num_devices = jax.device_count() if num_devices is None else num_devices
-  shape = sharding.resolve_mesh_shape({"data": config.mesh.data, "fsdp": config.mesh.fsdp,
-                                       "tensor": config.mesh.tensor}, num_devices)
-  mesh_shape = dict(zip(sharding.MESH_AXES, shape))
-  batch = batch_math.derive_batch(config.batch.global_batch_size, config.batch.micro_batch_size or None,
-                                  data_parallel_size=mesh_shape["data"] * mesh_shape["fsdp"],
-                                  num_processes=jax.process_count())
+  num_processes = jax.process_count() if num_processes is None else num_processes
+  mesh_shape = run_setup.mesh_shape_from_config(config.mesh, num_devices)
+  batch = run_setup.batch_sizes_from_config(config.batch, mesh_shape, num_processes)
   optimizer_lib.validate_optimizer_config(config.optimizer)
   if config.optimizer.compute_dtype != config.model.compute_dtype:
     raise ValueError(f"optimizer.compute_dtype ({config.optimizer.compute_dtype!r}) must equal "
@@ -113,8 +123,9 @@ def validate_and_derive(config: ml_collections.ConfigDict, num_devices: Optional
     raise ValueError(f"data.seq_len ({config.data.seq_len}) exceeds model.max_len ({config.model.max_len})")
   if config.data.source not in ("lab",):
     raise ValueError(f"data.source must be 'lab' (the built-in corpus), got {config.data.source!r}")
-  model_config_from(config.model, vocab_size=max(config.tokenizer.vocab_size, 1)
-                    if config.model.vocab_size == -1 else None)
+  model_cfg = model_config_from(config.model, vocab_size=max(config.tokenizer.vocab_size, 1)
+                                if config.model.vocab_size == -1 else None)
+  run_setup.check_param_sharding(model_cfg, mesh_shape, run_setup.rules_from_config(config.mesh))
   return Derived(batch=batch, mesh_shape=mesh_shape)
 
 
@@ -173,6 +184,15 @@ def make_rows(ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], *, s
   return rows, fill
 
 
+def pad_rows(rows: Sequence[dict[str, np.ndarray]], multiple: int) -> list[dict[str, np.ndarray]]:
+  """Appends all-zero rows (segment 0: no attention targets, no loss) up to a multiple of `multiple`."""
+  rows = list(rows)
+  if rows and len(rows) % multiple:
+    empty = {k: np.zeros_like(v) for k, v in rows[0].items()}
+    rows += [empty] * (multiple - len(rows) % multiple)
+  return rows
+
+
 def records_id(name: str, records: Any) -> str:
   """A dataset id from the content of in-memory records."""
   import hashlib  # pylint: disable=g-import-not-at-top
@@ -192,12 +212,14 @@ def sample_and_grade(params: Any, model: models.CausalLM, tokenizer: Tokenizer, 
   prompt_ids = [chat.render_prompt(tokenizer, p) for p in prompts]
   out = sampler.generate(params, prompt_ids, key, sampling.SamplingConfig(max_new_tokens=max_new_tokens,
                                                                          temperature=temperature))
-  responses = [s.strip() for s in tokenizer.decode_batch(np.asarray(out.tokens_BxS).tolist())]
+  # Gathered to every host: with several processes the sampled rows live on all of them.
+  tokens_BxS, ended_B, lengths_B = run_setup.to_host((out.tokens_BxS, out.ended_with_eos_B, out.lengths_B))
+  responses = [s.strip() for s in tokenizer.decode_batch(tokens_BxS.tolist())]
   gold = lab.gold_reward(list(prompts), responses)
   grammatical = np.array([lab.is_grammatical(r) for r in responses], np.float64)
   return {"gold/total": float(np.mean(gold.total)), "gold/grammatical_rate": float(grammatical.mean()),
-          "sample/eos_rate": float(np.mean(np.asarray(out.ended_with_eos_B))),
-          "sample/length": float(np.mean(np.asarray(out.lengths_B))),
+          "sample/eos_rate": float(np.mean(ended_B)),
+          "sample/length": float(np.mean(lengths_B)),
           "examples": [{"prompt": p, "response": r, "gold": float(g)}
                        for p, r, g in list(zip(prompts, responses, gold.total))[:8]]}
 
@@ -207,12 +229,16 @@ def sample_and_grade(params: Any, model: models.CausalLM, tokenizer: Tokenizer, 
 # ---------------------------------------------------------------------------------------------
 
 
-def train_sft(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def train_sft(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains SFT on the built-in lab corpus; writes checkpoints, metrics, an exported policy artifact
-  and `<workdir>/summary.json`. Re-running on the same workdir resumes from the last checkpoint."""
-  workdir = pathlib.Path(workdir).absolute()
+  and `<workdir>/summary.json`. Re-running on the same workdir resumes from the last checkpoint.
+
+  `workdir` may be a bucket URI (`gs://...`). With several processes every one of them calls this
+  with the same config and workdir.
+  """
+  derived = validate_and_derive(config)  # before anything is created
+  workdir = run_setup.workdir_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  derived = validate_and_derive(config)
   mesh = run_setup.mesh_from_config(config.mesh)
   rules = run_setup.rules_from_config(config.mesh)
 
@@ -247,8 +273,11 @@ def train_sft(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
                                   schedule_fn=schedule),
       state_shardings, batch_shardings, mesh)
 
-  eval_batches = [loader_lib.stack_examples(eval_rows[i:i + derived.batch.global_batch_size])
-                  for i in range(0, len(eval_rows), derived.batch.global_batch_size)][:config.train.eval_batches]
+  # Global evaluation batches; the last one is padded with empty rows (no loss tokens) to a multiple
+  # of the data-parallel size, and each host stacks only its own share of every batch.
+  gbs, dp = derived.batch.global_batch_size, derived.batch.data_parallel_size
+  eval_chunks = [pad_rows(eval_rows[i:i + gbs], dp) for i in range(0, len(eval_rows), gbs)]
+  eval_batches = [loader_lib.stack_examples(run_setup.host_rows(c)) for c in eval_chunks][:config.train.eval_batches]
   eval_jit = jax.jit(functools.partial(eval_nll, model=model))
 
   def eval_fn(st, step):
@@ -266,7 +295,8 @@ def train_sft(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
       base_key=jax.random.key(config.seed + 1), writer=writer, checkpoint_manager=manager,
       checkpoint_every=config.checkpoint.every, eval_fn=eval_fn, eval_every=config.train.eval_every,
       put_batch=functools.partial(sharding.put_batch, mesh=mesh),
-      tokens_fn=lambda b: int(np.sum(b["segment_ids"] != 0)), mesh=mesh, config=config,
+      tokens_fn=lambda b: int(np.sum(b["segment_ids"] != 0)) * jax.process_count(),  # all hosts
+      mesh=mesh, config=config,
       metadata={"seed": config.seed, "dataset_ids": [dataset_id], "tokenizer_id": tokenizer.id})
   manager.close()
 
@@ -289,6 +319,5 @@ def train_sft(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
              "first_loss": result.history[0].get("loss/nll") if result.history else None,
              "last_loss": result.history[-1].get("loss/nll") if result.history else None,
              "examples": graded.get("examples", [])}
-  if jax.process_index() == 0:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  run_setup.write_json_side_file(workdir / "summary.json", json.dumps(summary, indent=2))
   return summary

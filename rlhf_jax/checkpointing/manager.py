@@ -18,13 +18,15 @@ mid-save leaves only the tmp directory: it is reported as partial and removed wh
 opens the directory. A step directory that is committed but cannot be read back (files missing or
 corrupt, or, with `verify_hash`, bytes that no longer match the content hash) is reported, moved to
 `<directory>/_quarantine/`, and `restore_latest` falls back to the previous complete checkpoint.
+
+Multi-host: every process calls `save` / `restore` (Orbax writes each host's shards and the JSON
+items from the primary host only). The directory may be a bucket URI (`gs://...`, `paths.as_path`).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import pathlib
-import shutil
+import os
 import time
 from typing import Any, Mapping, Optional
 
@@ -32,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from rlhf_jax.checkpointing import artifacts
+from rlhf_jax.checkpointing import artifacts, paths
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def _hashed_tree(state: Any, rng_key: Optional[jax.Array]) -> dict[str, Any]:
 class CheckpointManager:
   """Saves and restores complete training checkpoints under one directory (module docstring)."""
 
-  def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 3,
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3,
                keep_best_metric: Optional[str] = None, best_mode: str = "max",
                async_save: bool = True, name: str = "checkpoint", compute_hash: bool = True,
                verify_hash: bool = False):
@@ -106,13 +109,13 @@ class CheckpointManager:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
-    self._directory = pathlib.Path(directory).absolute()
+    self._directory = paths.as_path(directory)
     self._keep_best_metric = keep_best_metric
     self._best_mode = best_mode
     self._name = name
     self._compute_hash = compute_hash
     self._verify_hash = verify_hash
-    self.partial_checkpoints: list[pathlib.Path] = self._find_partial_saves()
+    self.partial_checkpoints: list[epath.Path] = self._find_partial_saves()
     self.skipped_steps: list[int] = []
 
     policies = [checkpoint_managers.LatestN(n=max_to_keep)]
@@ -133,10 +136,10 @@ class CheckpointManager:
     self._manager = ocp.CheckpointManager(self._directory, options=options, item_names=_ITEMS)
 
   @property
-  def directory(self) -> pathlib.Path:
+  def directory(self) -> epath.Path:
     return self._directory
 
-  def _find_partial_saves(self) -> list[pathlib.Path]:
+  def _find_partial_saves(self) -> list[epath.Path]:
     if not self._directory.is_dir():
       return []
     partial = sorted(p for p in self._directory.iterdir() if TMP_SUFFIX in p.name)
@@ -264,8 +267,12 @@ class CheckpointManager:
       if source.exists():
         target = self._directory / QUARANTINE / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(source), str(target))
-        logger.warning("Moved unreadable checkpoint %s to %s", source, target)
+        try:
+          source.rename(target)  # a rename on disk; a bucket "rename" copies, which may fail
+          logger.warning("Moved unreadable checkpoint %s to %s", source, target)
+        except OSError as e:
+          source.rmtree()
+          logger.warning("Deleted unreadable checkpoint %s (could not move it: %s)", source, e)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"checkpoint_quarantine_{step}")
