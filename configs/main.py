@@ -9,6 +9,9 @@ import ml_collections
 from rlhf_jax.config import load_sibling
 
 
+TRAINER = None  # not a single training family (see rlhf_jax/config/__init__.py)
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if variant not in ("", "test"):
     raise ValueError(f"unknown configs/main.py variant {variant!r}; use '' or 'test'")

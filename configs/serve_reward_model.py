@@ -28,6 +28,9 @@ def _model(**fields) -> ml_collections.ConfigDict:
   return m
 
 
+TRAINER = None  # not a single training family (see rlhf_jax/config/__init__.py)
+
+
 def get_config() -> ml_collections.ConfigDict:
   """The documented serving config."""
   config = ml_collections.ConfigDict()
