@@ -229,9 +229,14 @@ def sample_and_grade(params: Any, model: models.CausalLM, tokenizer: Tokenizer, 
 # ---------------------------------------------------------------------------------------------
 
 
-def train_sft(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-  """Trains SFT on the built-in lab corpus; writes checkpoints, metrics, an exported policy artifact
-  and `<workdir>/summary.json`. Re-running on the same workdir resumes from the last checkpoint.
+def train_sft(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+              records: Optional[dict[str, list[dict[str, Any]]]] = None) -> dict[str, Any]:
+  """Trains SFT; writes checkpoints, metrics, an exported policy artifact and `<workdir>/summary.json`.
+  Re-running on the same workdir resumes from the last checkpoint.
+
+  Data: the built-in lab corpus, or `records` ({"train": [...], "eval": [...]}, dicts with "prompt",
+  "response" and "id", e.g. rejection-sampling selections). With `config.init.params_artifact` the
+  run starts from that registered policy and uses ITS tokenizer and model config.
 
   `workdir` may be a bucket URI (`gs://...`). With several processes every one of them calls this
   with the same config and workdir.
@@ -242,11 +247,21 @@ def train_sft(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
   mesh = run_setup.mesh_from_config(config.mesh)
   rules = run_setup.rules_from_config(config.mesh)
 
-  records = lab_sft_records(config.lab)
-  dataset_id = records_id("lab_sft", {"train": records["train"], "eval": records["eval"]})
-  tokenizer = run_setup.tokenizer_from_config(
-      config.tokenizer, workdir, lambda: [r["prompt"] + " " + r["response"] for r in records["train"]])
-  model_cfg = model_config_from(config.model, vocab_size=tokenizer.vocab_size)
+  dataset_name = "sft_records" if records is not None else "lab_sft"
+  records = lab_sft_records(config.lab) if records is None else records
+  for split in ("train", "eval"):
+    if not records.get(split):
+      raise ValueError(f"SFT records need a non-empty {split!r} split")
+  dataset_id = records_id(dataset_name, {"train": records["train"], "eval": records["eval"]})
+  init_record = None
+  if config.init.params_artifact:
+    init_record = registry.resolve(run_setup.registry_dir(workdir, config.registry_dir), config.init.params_artifact)
+    tokenizer = Tokenizer.load(init_record["tokenizer_path"])
+    model_cfg = models.ModelConfig.from_dict(init_record["model_config"])
+  else:
+    tokenizer = run_setup.tokenizer_from_config(
+        config.tokenizer, workdir, lambda: [r["prompt"] + " " + r["response"] for r in records["train"]])
+    model_cfg = model_config_from(config.model, vocab_size=tokenizer.vocab_size)
   model = models.CausalLM(model_cfg, mesh=mesh, rules=rules)
 
   train_ids, train_masks = tokenize_sft(records["train"], tokenizer)
@@ -261,9 +276,8 @@ def train_sft(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer)
   init_fn = functools.partial(models.init_params, model)
   state, state_shardings = train_state.create_train_state(init_fn, tx, mesh, rules, jax.random.key(config.seed))
-  if config.init.params_artifact:
-    record = registry.resolve(run_setup.registry_dir(workdir, config.registry_dir), config.init.params_artifact)
-    params = registry.load_params(record["params_path"], train_state.abstract_like(state.params))
+  if init_record is not None:
+    params = registry.load_params(init_record["params_path"], train_state.abstract_like(state.params))
     state = state.replace(params=params)
   batch_shardings = {k: sharding.batch_sharding(mesh, 2) for k in ("tokens", "positions", "segment_ids", "loss_mask")}
   step_fn = train_state.jit_train_step(
@@ -307,13 +321,16 @@ def train_sft(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     prompts = prompts[:config.eval.num_sample_prompts]
     graded = sample_and_grade(result.state.params, model, tokenizer, prompts, jax.random.key(config.seed + 2),
                               max_new_tokens=config.eval.max_new_tokens)
+  if init_record is not None:
+    tokenizer_path = init_record["tokenizer_path"]
+  else:
+    tokenizer_path = config.tokenizer.path or str(workdir / "tokenizer.model")
   record = run_setup.export_and_register(
       workdir=workdir, registry_path=run_setup.registry_dir(workdir, config.registry_dir), kind="policy",
       name="sft_policy", params=result.state.params,
-      record={"model_config": model_cfg.to_dict(), "tokenizer_path": str(workdir / "tokenizer.model")
-              if not config.tokenizer.path else config.tokenizer.path, "tokenizer_id": tokenizer.id,
+      record={"model_config": model_cfg.to_dict(), "tokenizer_path": tokenizer_path, "tokenizer_id": tokenizer.id,
               "dataset_ids": [dataset_id], "step": int(jax.device_get(result.state.step)),
-              "code_version": artifacts.code_version()})
+              "parent_artifact": config.init.params_artifact or None, "code_version": artifacts.code_version()})
   summary = {"artifact_id": record["artifact_id"], "dataset_id": dataset_id, "train_rows": len(rows),
              "packing_fill": fill, "final": {**final_eval, **{k: v for k, v in graded.items() if k != "examples"}},
              "first_loss": result.history[0].get("loss/nll") if result.history else None,
