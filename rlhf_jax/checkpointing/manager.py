@@ -121,7 +121,9 @@ class CheckpointManager:
     policies = [checkpoint_managers.LatestN(n=max_to_keep)]
     best_fn = None
     if keep_best_metric is not None:
-      best_fn = lambda metrics: float(metrics[keep_best_metric])  # pylint: disable=unnecessary-lambda-assignment
+      worst = float("-inf") if best_mode == "max" else float("inf")
+      # Checkpoints saved before `keep_best_metric` was configured lack it: they rank last.
+      best_fn = lambda metrics: float(metrics.get(keep_best_metric, worst))  # pylint: disable=unnecessary-lambda-assignment
       policies.append(checkpoint_managers.BestN(
           get_metric_fn=best_fn, reverse=(best_mode == "min"), n=1,
           keep_checkpoints_without_metrics=False))
