@@ -15,6 +15,7 @@ from rlhf_jax.config import mesh_section, pods
 
 TRAINER = "rlhf_jax.algorithms.best_of_n_run:run_best_of_n"  # run(config, workdir); see rlhf_jax/config/__init__.py
 VARIANTS = ("", "test") + pods.POD_VARIANTS
+REQUIRES = {"policy": "sft"}  # fields filled with an upstream artifact id (rlhf_jax/config/__init__.py)
 
 
 def sampling_section(test: bool) -> ml_collections.ConfigDict:

@@ -15,6 +15,7 @@ from rlhf_jax.config.sections import load_sibling
 
 TRAINER = "rlhf_jax.evaluation.suite:run_evaluation"  # run(config, workdir); see rlhf_jax/config/__init__.py
 VARIANTS = ("", "test") + pods.POD_VARIANTS
+REQUIRES = {"reference": "sft", "policies": "sft"}  # fields filled with an upstream artifact id (rlhf_jax/config/__init__.py)
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -18,6 +18,7 @@ from rlhf_jax.config.sections import load_sibling
 
 TRAINER = "rlhf_jax.algorithms.rejection_sampling_loop:run_rejection_sampling"  # run(config, workdir)
 VARIANTS = ("", "test") + pods.POD_VARIANTS
+REQUIRES = {"policy": "sft"}  # fields filled with an upstream artifact id (rlhf_jax/config/__init__.py)
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

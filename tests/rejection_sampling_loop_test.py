@@ -6,7 +6,6 @@ until it exists the test wraps the trainer so that `records` replace the lab cor
 contract), and records every call.
 """
 import gzip
-import inspect
 import json
 
 import numpy as np
@@ -27,14 +26,7 @@ class SpySFT:
 
   def __call__(self, config, workdir, records=None):
     self.calls.append({"config": config, "workdir": workdir, "records": records})
-    if "records" in inspect.signature(self.real).parameters:
-      return self.real(config, workdir, records=records)
-    original = sft.lab_sft_records
-    sft.lab_sft_records = lambda cfg: records
-    try:
-      return self.real(config, workdir)
-    finally:
-      sft.lab_sft_records = original
+    return self.real(config, workdir, records=records)
 
 
 def _config(registry_dir, artifact_id):
@@ -104,14 +96,6 @@ def test_rerun_skips_finished_rounds(run, monkeypatch):
   again = loop.run_rejection_sampling(_config(registry_dir, artifact_id), workdir)
   assert again["final_policy"] == summary["final_policy"]
   assert again["rounds"][:2] == summary["rounds"][:2]
-
-
-def test_needs_train_sft_with_records(tmp_path, monkeypatch):
-  monkeypatch.setattr(sft, "train_sft", lambda config, workdir: None)
-  config = rs_config.get_config("test")
-  config.policy = "sft_policy@000000000000"
-  with pytest.raises(NotImplementedError, match="records"):
-    loop.run_rejection_sampling(config, tmp_path)
 
 
 @pytest.mark.parametrize("field,value,match", [

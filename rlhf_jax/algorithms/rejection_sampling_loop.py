@@ -24,7 +24,6 @@ rounds whose `round.json` was written for the same starting policy.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -122,9 +121,6 @@ def run_rejection_sampling(config: ml_collections.ConfigDict, workdir: str | os.
   if not config.policy:
     raise ValueError("policy is empty: pass the artifact id of the starting policy, e.g. "
                      "--config.policy=sft_policy@3f2a9c01b2d4")
-  if "records" not in inspect.signature(sft_lib.train_sft).parameters:
-    raise NotImplementedError("rejection sampling needs train_sft(config, workdir, records=...), which this "
-                              "version of rlhf_jax.algorithms.sft does not have yet")
   workdir.mkdir(parents=True, exist_ok=True)
   registry_path = run_setup.registry_dir(workdir, config.registry_dir)
   mesh = run_setup.mesh_from_config(config.mesh)
