@@ -15,7 +15,7 @@ import ml_collections
 from rlhf_jax.algorithms.optimizer import optimizer_config_defaults
 from rlhf_jax.config import checkpoint_section, lab_section, mesh_section, model_section, pods, tokenizer_section
 
-TRAINER = "rlhf_jax.algorithms.reward_model:train_reward_model"  # run(config, workdir)
+TRAINER = "rlhf_jax.algorithms.reward_model_train:train_reward_model"  # run(config, workdir)
 VARIANTS = ("", "test") + pods.POD_VARIANTS
 
 

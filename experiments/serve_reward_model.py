@@ -3,7 +3,8 @@
   python experiments/serve_reward_model.py --config=configs/serve_reward_model.py --config.demo=True
   curl -s localhost:8000/v1/score -d '{"model":"reward","prompts":["Hi"],"responses":["Yo"]}'
 
-Until trained reward-model checkpoints can be loaded (rlhf_jax.serving.loading.load_scorer),
+`--config.models.main.path=<workdir>/export/<name>` serves a reward model exported by
+experiments/train_reward_model.py (rlhf_jax.serving.loading.load_checkpoint_scorer);
 `--config.demo=True` serves the deterministic toy scorer under every configured model name.
 `--port_file` receives the bound port (useful with --config.port=0).
 """

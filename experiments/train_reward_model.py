@@ -8,7 +8,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlhf_jax.algorithms import reward_model
+from rlhf_jax.algorithms import reward_model_train
 from rlhf_jax.experiment import start
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/reward_model.py", "Reward-model config file.",
@@ -19,7 +19,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/reward_model", "Directory for ch
 def main(argv):
   del argv
   start(_CONFIG.value)
-  summary = reward_model.train_reward_model(_CONFIG.value, _WORKDIR.value)
+  summary = reward_model_train.train_reward_model(_CONFIG.value, _WORKDIR.value)
   print(json.dumps({k: summary[k] for k in ("artifact_id", "best_step", "stop_reason", "test")}, indent=2))
 
 

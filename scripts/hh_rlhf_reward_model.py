@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rlhf_jax import models  # noqa: E402
-from rlhf_jax.algorithms import reward_model  # noqa: E402
+from rlhf_jax.algorithms import reward_model_train  # noqa: E402
 from rlhf_jax.config import load_sibling  # noqa: E402
 from rlhf_jax.experiment import start  # noqa: E402
 
@@ -80,8 +80,8 @@ def main(argv):
   config.eval.calibration = "platt"
   config.eval.num_reference_samples = 256
   start(config)
-  data = reward_model.hh_rlhf_preference_data(config)
-  summary = reward_model.train_reward_model(config, _WORKDIR.value, data_fn=lambda _: data)
+  data = reward_model_train.hh_rlhf_preference_data(config)
+  summary = reward_model_train.train_reward_model(config, _WORKDIR.value, data_fn=lambda _: data)
   keys = ("accuracy", "auc", "log_loss", "ece", "calibrated/platt/ece", "calibrated/platt/log_loss",
           "calibrated/isotonic/ece", "num_pairs")
   print(json.dumps({

@@ -57,7 +57,7 @@ def train_proxy(workdir: pathlib.Path) -> str:
   """Trains a reward model on the lab's (noisy, biased) annotator preferences: its trunk from the
   policy, or from scratch with --rm_preset (then with its own tokenizer; it scores texts)."""
   from rlhf_jax import models  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.algorithms import reward_model  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.algorithms import reward_model_train  # pylint: disable=g-import-not-at-top
   config = load_sibling(str(CONFIGS / "best_of_n.py"), "reward_model").get_config("")
   config.registry_dir = _REGISTRY.value
   config.train.total_steps = config.optimizer.total_steps = _RM_STEPS.value
@@ -69,7 +69,7 @@ def train_proxy(workdir: pathlib.Path) -> str:
     config.optimizer.lr = 1e-3
   else:
     config.init.sft_checkpoint = _POLICY.value
-  return reward_model.train_reward_model(config, workdir / "reward_model")["artifact_id"]
+  return reward_model_train.train_reward_model(config, workdir / "reward_model")["artifact_id"]
 
 
 def main(argv):

@@ -87,6 +87,33 @@ def _np_bt(r, examples, use_margin=True, use_weights=True, use_ties=True, eps=EP
   return np.sum(w * pair) / np.sum(w) + center * np.mean((r[:, 0] + r[:, 1]) ** 2)
 
 
+def test_margins_of_the_preference_batch_reach_the_loss():
+  examples = _examples()
+  pref = batching.collate_preferences(examples, buckets=BUCKETS, pad_id=0)
+  want_margin = [MARGIN * (i % 3) for i in range(NUM_PAIRS)]
+  np.testing.assert_allclose(pref.margin_B, want_margin)  # the data's "margin" field
+  params = _toy_params()
+  r = _toy_rewards(params, examples)
+  loss_fn = rm.make_loss_fn(_toy_score_fn, _loss_config())
+
+  @jax.jit
+  def device_loss(batch):
+    loss_sum, (den, _) = loss_fn(params, rm.rescale_weights(batch))
+    return loss_sum / den
+
+  mean_loss = lambda batch: float(device_loss(jax.tree.map(jnp.asarray, batch)))  # noqa: E731
+
+  from_data = rm.reward_batch_from_preferences(pref)  # margin_B defaults to the batch's
+  np.testing.assert_allclose(from_data.margin_B, want_margin)
+  np.testing.assert_allclose(mean_loss(from_data), _np_bt(r, examples), rtol=1e-5)
+  # An explicit margin_B replaces the data's: zeros give the margin-free loss, which differs.
+  zero = rm.reward_batch_from_preferences(pref, margin_B=np.zeros(NUM_PAIRS))
+  np.testing.assert_allclose(mean_loss(zero), _np_bt(r, examples, use_margin=False), rtol=1e-5)
+  assert abs(_np_bt(r, examples) - _np_bt(r, examples, use_margin=False)) > 1e-3
+  with pytest.raises(ValueError, match=r"margin_B has shape \(3,\), expected \(8,\)"):
+    rm.reward_batch_from_preferences(pref, margin_B=np.zeros(3))
+
+
 def _reference_rewards(model, params, examples):
   """Rewards [B, 2] from a plain causal forward of each row padded to 16 (no segment ids), read
   at the row's last real column by NumPy: right padding cannot change a causal model's outputs

@@ -1,4 +1,4 @@
-"""Tests for the reward-model training run (rlhf_jax.algorithms.reward_model.train_reward_model)."""
+"""Tests for the reward-model training run (rlhf_jax.algorithms.reward_model_train.train_reward_model)."""
 import json
 import pathlib
 
@@ -9,7 +9,7 @@ import pytest
 
 from rlhf_jax import lab, models, sharding
 from rlhf_jax.algorithms import ensemble, metrics as metrics_lib, optimizer
-from rlhf_jax.algorithms import reward_model as rm, rm_scoring, train_state
+from rlhf_jax.algorithms import reward_model_train as rm, rm_scoring, train_state
 from rlhf_jax.checkpointing import registry
 from rlhf_jax.data import dedup
 from rlhf_jax.data.tokenizer import Tokenizer

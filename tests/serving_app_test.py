@@ -236,7 +236,7 @@ def test_versions_canary_compare_promote_and_rollback_without_restart():
     assert bad.status_code == 422 and "'fraction' must be float" in bad.json()["error"]["message"]
     ckpt = _post(server, {"spec": {"kind": "checkpoint", "path": "/x"}},
                  path="/v1/models/rm/versions")
-    assert ckpt.status_code == 422 and "not implemented" in ckpt.json()["error"]["message"]
+    assert ckpt.status_code == 422 and "no exported reward model" in ckpt.json()["error"]["message"]
 
 
 def test_admin_routes_can_be_disabled():

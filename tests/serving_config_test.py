@@ -39,7 +39,7 @@ def test_checkpoints_fail_fast_with_a_clear_message():
     config_lib.ServingConfig.from_config_dict(cfg)
   cfg.models.main.path = "/nonexistent/ckpt"
   serving = config_lib.ServingConfig.from_config_dict(cfg)
-  with pytest.raises(NotImplementedError, match="load_checkpoint_scorer.*--config.demo=True"):
+  with pytest.raises(FileNotFoundError, match="model 'reward'.*no exported reward model"):
     loading.build_registry(serving)
 
 

@@ -31,7 +31,6 @@ from rlhf_jax.algorithms import batch_math, dpo, host_loop, metrics as metrics_l
 from rlhf_jax.algorithms import optimizer as optimizer_lib
 from rlhf_jax.algorithms import reference_kl, reference_logprobs, run_setup, sft, train_state
 from rlhf_jax.checkpointing import artifacts, registry
-from rlhf_jax.config import model_config_from
 from rlhf_jax.data import batching, chat, loader as loader_lib, tokenization
 from rlhf_jax.data.tokenizer import Tokenizer
 from rlhf_jax.data.validation import ValidationPolicy
@@ -62,21 +61,16 @@ def loss_hparams(algo: ml_collections.ConfigDict) -> dict[str, float]:
   return {name: float(algo[name]) for name in LOSS_HPARAMS[algo.loss]}
 
 
-def validate_and_derive(config: ml_collections.ConfigDict,
-                        num_devices: Optional[int] = None) -> Derived:
-  """Fails fast with a message naming the field; returns the derived sizes."""
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  shape = sharding.resolve_mesh_shape({"data": config.mesh.data, "fsdp": config.mesh.fsdp,
-                                       "tensor": config.mesh.tensor}, num_devices)
-  mesh_shape = dict(zip(sharding.MESH_AXES, shape))
-  batch = batch_math.derive_batch(config.batch.global_batch_size,
-                                  config.batch.micro_batch_size or None,
-                                  data_parallel_size=mesh_shape["data"] * mesh_shape["fsdp"],
-                                  num_processes=jax.process_count())
-  optimizer_lib.validate_optimizer_config(config.optimizer)
-  if config.optimizer.compute_dtype != config.model.compute_dtype:
-    raise ValueError(f"optimizer.compute_dtype ({config.optimizer.compute_dtype!r}) must equal "
-                     f"model.compute_dtype ({config.model.compute_dtype!r})")
+def validate_and_derive(config: ml_collections.ConfigDict, num_devices: Optional[int] = None,
+                        num_processes: Optional[int] = None) -> Derived:
+  """Fails fast with a message naming the field; returns the derived sizes.
+
+  Args:
+    config: a DPO config (configs/dpo.py).
+    num_devices: global device count; default `jax.device_count()`.
+    num_processes: JAX processes (hosts); default `jax.process_count()`.
+  """
+  mesh_shape, batch = run_setup.derive_run_sizes(config, num_devices, num_processes)
   hparams = loss_hparams(config.algo)
   try:  # the loss functions range-check their own hyper-parameters on a dummy pair
     losses.get_preference_loss(config.algo.loss)(
@@ -149,22 +143,10 @@ class InitSource:
 
 
 def resolve_init(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> InitSource:
-  if not config.init.sft_checkpoint:
-    return InitSource(record=None, reference_id=None)
-  record = registry.resolve(run_setup.registry_dir(workdir, config.registry_dir),
-                            config.init.sft_checkpoint)
-  for key in ("params_path", "model_config", "tokenizer_path"):
-    if key not in record:
-      raise ValueError(f"init.sft_checkpoint {config.init.sft_checkpoint!r}: its record lacks "
-                       f"{key!r}; is it a policy artifact written by train_sft?")
-  return InitSource(record=record, reference_id=record["artifact_id"])
-
-
-def _model_config(config, init: InitSource, tokenizer: Tokenizer) -> models.ModelConfig:
-  if init.record is None:
-    return model_config_from(config.model, vocab_size=tokenizer.vocab_size)
-  cfg = models.ModelConfig.from_dict(init.record["model_config"])
-  return cfg.replace(compute_dtype=config.model.compute_dtype, remat=config.model.remat).validate()
+  """The SFT policy artifact of `init.sft_checkpoint` (checked), or random init when it is ""."""
+  record = run_setup.resolve_policy_record(
+      config.init.sft_checkpoint, run_setup.registry_dir(workdir, config.registry_dir))
+  return InitSource(record=record, reference_id=record["artifact_id"] if record else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,12 +173,8 @@ def make_sampling_eval(model: models.CausalLM, tokenizer: Tokenizer, prompts: Se
   if longest + max_new_tokens > model.config.max_len:
     raise ValueError(f"eval prompts of {longest} tokens + eval.max_new_tokens {max_new_tokens} "
                      f"exceed model.max_len {model.config.max_len}")
-  chunks = []
-  for start in range(0, len(prompt_ids), batch_size):
-    chunk = prompt_ids[start:start + batch_size]
-    chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled shape
-    chunks.append((batching.pad_prompts(chunk, buckets=(longest,), pad_id=tokenizer.pad_id),
-                   min(batch_size, len(prompt_ids) - start)))
+  chunks = [(batching.pad_prompts(chunk, buckets=(longest,), pad_id=tokenizer.pad_id), real)
+            for chunk, real in run_setup.padded_chunks(prompt_ids, batch_size)]  # one shape
 
   def evaluate(policy_params: PyTree, ref_params: PyTree,
                key: jax.Array) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -227,10 +205,8 @@ def _pair_batches(records: Sequence[dict[str, Any]], batch_size: int, collate: C
                   ) -> list[dict[str, np.ndarray]]:
   """Fixed-size evaluation batches; filler rows (repeats of the last record) get weight 0."""
   out = []
-  for start in range(0, len(records), batch_size):
-    chunk = list(records[start:start + batch_size])
-    real = len(chunk)
-    batch = collate(chunk + [chunk[-1]] * (batch_size - real))
+  for chunk, real in run_setup.padded_chunks(records, batch_size):
+    batch = collate(chunk)
     batch["weight_B"][real:] = 0.0
     out.append(batch)
   return out
@@ -252,13 +228,9 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
   init = resolve_init(config, workdir)
 
   records = lab_preference_records(config)
-  if init.record is not None:
-    tokenizer = Tokenizer.load(init.record["tokenizer_path"])
-  else:
-    tokenizer = run_setup.tokenizer_from_config(
-        config.tokenizer, workdir,
-        lambda: [f"{r['prompt']} {r['chosen']} {r['rejected']}" for r in records["train"]])
-  model_cfg = _model_config(config, init, tokenizer)
+  tokenizer, tokenizer_path, model_cfg = run_setup.tokenizer_and_model_config(
+      config, workdir, init.record,
+      lambda: [f"{r['prompt']} {r['chosen']} {r['rejected']}" for r in records["train"]])
   model = models.CausalLM(model_cfg, mesh=mesh, rules=rules)
   train_records = tokenize_pairs(records["train"], tokenizer, config.data.max_len)
   eval_records = tokenize_pairs(records["eval"], tokenizer, config.data.max_len)
@@ -378,8 +350,6 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
       if result.history and any(k.startswith("eval/") for k in result.history[-1]) else {}
   if not final:  # resumed at the end: evaluate the restored state
     final = {f"eval/{k}": v for k, v in eval_fn(result.state, config.train.total_steps).items()}
-  tokenizer_path = (init.record["tokenizer_path"] if init.record is not None else
-                    (config.tokenizer.path or str(workdir / "tokenizer.model")))
   record = run_setup.export_and_register(
       workdir=workdir, registry_path=run_setup.registry_dir(workdir, config.registry_dir),
       kind="policy", name="dpo_policy", params=result.state.params,

@@ -1,4 +1,6 @@
-"""What every training run sets up the same way: paths, mesh, tokenizer, checkpoints, artifacts.
+"""What every training run sets up the same way: paths, mesh and batch sizes, the tokenizer and
+model config it starts from (a registered policy or scratch), fixed-size evaluation chunks,
+checkpoints and artifacts.
 
 Multi-host contract (one JAX process per host, all running the same program):
 
@@ -15,7 +17,7 @@ import hashlib
 import logging
 import math
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, TypeVar
 
 import flax.linen as nn
 import jax
@@ -26,11 +28,16 @@ from jax.sharding import PartitionSpec
 
 from rlhf_jax import models, sharding
 from rlhf_jax.algorithms import batch_math
+from rlhf_jax.algorithms import optimizer as optimizer_lib
 from rlhf_jax.checkpointing import manager as manager_lib
 from rlhf_jax.checkpointing import paths, registry
+from rlhf_jax.config import model_config_from
 from rlhf_jax.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+# Fields a policy artifact record needs to start another run from it.
+POLICY_RECORD_FIELDS = ("params_path", "model_config", "tokenizer_path")
 
 
 def workdir_path(workdir: str | os.PathLike) -> epath.Path:
@@ -81,6 +88,23 @@ def host_rows(rows: list[Any]) -> list[Any]:
   return rows[index * per_host:(index + 1) * per_host]
 
 
+def padded_chunks(records: Sequence[T], size: int) -> list[tuple[list[T], int]]:
+  """Consecutive chunks of `size` records, the last one topped up with repeats of its last
+  record, each with its number of real records: fixed-size evaluation batches (one compiled
+  shape) whose filler rows the caller drops or weights 0.
+
+  Example:
+    padded_chunks("abcde", 2) == [(["a", "b"], 2), (["c", "d"], 2), (["e", "e"], 1)]
+  """
+  if size <= 0:
+    raise ValueError(f"chunk size must be positive, got {size}")
+  out = []
+  for start in range(0, len(records), size):
+    chunk = list(records[start:start + size])
+    out.append((chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)))
+  return out
+
+
 def mesh_shape_from_config(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
   """{"data", "fsdp", "tensor"} sizes of the `mesh` section on `num_devices` devices.
 
@@ -111,6 +135,38 @@ def batch_sizes_from_config(cfg: ml_collections.ConfigDict, mesh_shape: Mapping[
     raise ValueError(f"{section}.global_batch_size={cfg.global_batch_size}, {section}.micro_batch_size="
                      f"{cfg.micro_batch_size} (0 = global) on {data_parallel} data-parallel devices "
                      f"(mesh data x fsdp) and {num_processes} processes: {e}") from None
+
+
+class RunSizes(NamedTuple):
+  """Mesh and batch sizes every trainer derives the same way (`derive_run_sizes`)."""
+  mesh_shape: dict[str, int]
+  batch: batch_math.BatchSizes
+
+
+def derive_run_sizes(config: ml_collections.ConfigDict, num_devices: Optional[int] = None,
+                     num_processes: Optional[int] = None) -> RunSizes:
+  """The checks that open every trainer's `validate_and_derive`: the `mesh` section over the
+  devices, the `batch` section over the mesh and processes, the `optimizer` section, and
+  optimizer.compute_dtype == model.compute_dtype.
+
+  Args:
+    config: a trainer config with `mesh`, `batch`, `optimizer` and `model` sections.
+    num_devices: global device count; default `jax.device_count()` (pass a pod's count to check
+      a pod config on a laptop).
+    num_processes: JAX processes (hosts); default `jax.process_count()`.
+
+  Raises:
+    ValueError: naming the offending field.
+  """
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_processes = jax.process_count() if num_processes is None else num_processes
+  mesh_shape = mesh_shape_from_config(config.mesh, num_devices)
+  batch = batch_sizes_from_config(config.batch, mesh_shape, num_processes)
+  optimizer_lib.validate_optimizer_config(config.optimizer)
+  if config.optimizer.compute_dtype != config.model.compute_dtype:
+    raise ValueError(f"optimizer.compute_dtype ({config.optimizer.compute_dtype!r}) must equal "
+                     f"model.compute_dtype ({config.model.compute_dtype!r})")
+  return RunSizes(mesh_shape=mesh_shape, batch=batch)
 
 
 def mesh_from_config(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -153,6 +209,12 @@ def check_param_sharding(model_cfg: models.ModelConfig, mesh_shape: Mapping[str,
                          f"change mesh.* or the model / tokenizer sizes")
 
 
+def tokenizer_file(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
+  """Where the run's tokenizer lives: `cfg.path`, or `<workdir>/tokenizer.model` when the run
+  trains its own (`tokenizer_from_config`)."""
+  return cfg.path or str(workdir_path(workdir) / "tokenizer.model")
+
+
 def tokenizer_from_config(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike,
                           texts_fn: Callable[[], Iterable[str]]) -> Tokenizer:
   """Loads `cfg.path`, or trains one on `texts_fn()` and keeps it as `<workdir>/tokenizer.model`
@@ -164,7 +226,7 @@ def tokenizer_from_config(cfg: ml_collections.ConfigDict, workdir: str | os.Path
   if cfg.path:
     tok = load_tokenizer(cfg.path)
   else:
-    path = workdir_path(workdir) / "tokenizer.model"
+    path = paths.as_path(tokenizer_file(cfg, workdir))
     if path.exists():
       tok = load_tokenizer(path)
     else:
@@ -175,6 +237,56 @@ def tokenizer_from_config(cfg: ml_collections.ConfigDict, workdir: str | os.Path
       logger.info("trained tokenizer %s (%d pieces) -> %s", tok.id, tok.vocab_size, path)
   check_same_on_all_hosts(tok.id, "the tokenizer")
   return tok
+
+
+def resolve_policy_record(artifact_id: str, registry_path: str | os.PathLike, *,
+                          field: str = "init.sft_checkpoint") -> Optional[dict[str, Any]]:
+  """The registry record of the policy artifact a run starts from; None when `artifact_id` is "".
+
+  Args:
+    artifact_id: an artifact id ("sft_policy@1a2b3c4d5e6f") or the path of its record JSON.
+    registry_path: the artifact registry (`registry_dir`).
+    field: the config field the id came from (for error messages).
+
+  Raises:
+    FileNotFoundError: the id is not registered.
+    ValueError: naming `field` when the record lacks one of `POLICY_RECORD_FIELDS`.
+  """
+  if not artifact_id:
+    return None
+  record = registry.resolve(registry_path, artifact_id)
+  for key in POLICY_RECORD_FIELDS:
+    if key not in record:
+      raise ValueError(f"{field} {artifact_id!r}: its record lacks {key!r}; is it a policy "
+                       "artifact written by train_sft?")
+  return record
+
+
+class InitialModel(NamedTuple):
+  """Tokenizer and model config a run starts from (`tokenizer_and_model_config`)."""
+  tokenizer: Tokenizer
+  tokenizer_path: str  # recorded with the run's exported artifact
+  model_config: models.ModelConfig
+
+
+def tokenizer_and_model_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                               record: Optional[Mapping[str, Any]],
+                               texts_fn: Callable[[], Iterable[str]]) -> InitialModel:
+  """The tokenizer and model config of a run that starts from a policy artifact or from scratch.
+
+  With `record` (`resolve_policy_record`): the artifact's tokenizer and model config, keeping
+  only model.compute_dtype and model.remat from the config. Without: `tokenizer_from_config`
+  (trained on `texts_fn()` unless tokenizer.path is set) and the `model` section, its
+  vocab_size -1 filled from the tokenizer.
+  """
+  if record is not None:
+    model_cfg = models.ModelConfig.from_dict(record["model_config"]).replace(
+        compute_dtype=config.model.compute_dtype, remat=config.model.remat).validate()
+    return InitialModel(load_tokenizer(record["tokenizer_path"]), record["tokenizer_path"],
+                        model_cfg)
+  tokenizer = tokenizer_from_config(config.tokenizer, workdir, texts_fn)
+  return InitialModel(tokenizer, tokenizer_file(config.tokenizer, workdir),
+                      model_config_from(config.model, vocab_size=tokenizer.vocab_size))
 
 
 def checkpoint_manager_from_config(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike,

@@ -109,14 +109,7 @@ def validate_and_derive(config: ml_collections.ConfigDict, num_devices: Optional
       a pod config on a laptop without running it.
     num_processes: JAX processes (hosts); default `jax.process_count()`.
   """
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  num_processes = jax.process_count() if num_processes is None else num_processes
-  mesh_shape = run_setup.mesh_shape_from_config(config.mesh, num_devices)
-  batch = run_setup.batch_sizes_from_config(config.batch, mesh_shape, num_processes)
-  optimizer_lib.validate_optimizer_config(config.optimizer)
-  if config.optimizer.compute_dtype != config.model.compute_dtype:
-    raise ValueError(f"optimizer.compute_dtype ({config.optimizer.compute_dtype!r}) must equal "
-                     f"model.compute_dtype ({config.model.compute_dtype!r})")
+  mesh_shape, batch = run_setup.derive_run_sizes(config, num_devices, num_processes)
   if config.train.total_steps <= 0:
     raise ValueError(f"train.total_steps must be positive, got {config.train.total_steps}")
   if config.data.seq_len > config.model.max_len:
@@ -324,7 +317,7 @@ def train_sft(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   if init_record is not None:
     tokenizer_path = init_record["tokenizer_path"]
   else:
-    tokenizer_path = config.tokenizer.path or str(workdir / "tokenizer.model")
+    tokenizer_path = run_setup.tokenizer_file(config.tokenizer, workdir)
   record = run_setup.export_and_register(
       workdir=workdir, registry_path=run_setup.registry_dir(workdir, config.registry_dir), kind="policy",
       name="sft_policy", params=result.state.params,

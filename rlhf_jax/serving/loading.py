@@ -1,14 +1,17 @@
 """Turning `ModelSpec`s into scorers and a populated registry.
 
-`load_scorer` is the single place that knows how to build a scorer from a spec. Real reward-model
-checkpoints are not loadable yet (the reward-model trainer and its batched `score(prompts,
-responses)` API are being written); `load_checkpoint_scorer` is the function to fill in then:
-restore the parameters, build the bucketed scoring function and wrap it with `ModelScorer`.
-Until then `demo=True` serves the deterministic toy scorer under every configured name.
+`load_scorer` is the single place that knows how to build a scorer from a spec:
+
+  kind="checkpoint"  an exported reward model (RM): the parameters folder `train_reward_model`
+                     writes (`<workdir>/export/<name>`, the artifact's "params_path") and the
+                     scoring spec next to it (`<path>.json`), loaded by
+                     `rm_scoring.load_scorer_from_export` on the first device;
+  kind="hash"        the deterministic toy scorer; `demo=True` serves it under every name.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Optional
 
 from rlhf_jax.serving import registry as registry_lib
@@ -27,21 +30,51 @@ def hash_scorer(spec: ModelSpec) -> HashScorer:
 
 
 def load_checkpoint_scorer(spec: ModelSpec) -> Scorer:
-  """Loads a trained reward-model checkpoint as a scorer. Not implemented yet.
+  """Loads an exported reward model as a scorer (`rm_scoring.RewardModelScorer`).
 
-  To fill in once the reward model lands: restore its parameters from `spec.path`, load the
-  tokenizer from `spec.tokenizer_path`, and return
+  The RM's own scoring spec (`<spec.path>.json`) fixes its chat template, bucketed shapes,
+  normalisation, calibration, tokenizer and version (the artifact id). The `ModelSpec` adds:
 
-      ModelScorer(name=spec.name, version=spec.version or directory_version(spec.path),
-                  score_fn=<the reward model's batched score(prompts, responses)>,
-                  tokenizer=tokenizer, max_seq_len=spec.max_seq_len,
-                  max_batch_size=spec.max_batch_size)
+    tokenizer_path  when set, the tokenizer to use instead of the recorded one; it must have the
+                    id the RM was trained with (when the spec records one);
+    version         when set, replaces the recorded version;
+    max_batch_size, max_seq_len
+                    upper limits: the RM's batch and length buckets above them are not used, so
+                    the scorer's own limits are the largest buckets within them.
+
+  Raises:
+    FileNotFoundError: naming the model and path when nothing was exported there.
+    ValueError: naming the model and field when the limits leave no bucket or the tokenizer is
+      not the RM's.
   """
-  raise NotImplementedError(
-      f"cannot load reward-model checkpoint {spec.path!r} for model {spec.name!r}: loading "
-      "kind='checkpoint' is not implemented yet (fill in "
-      "rlhf_jax.serving.loading.load_checkpoint_scorer); run with --config.demo=True to serve the "
-      "toy scorer instead")
+  # Imported here: the serving package (and its demo mode) runs without JAX; only a real
+  # checkpoint needs the model stack.
+  from rlhf_jax.algorithms import rm_scoring, run_setup  # pylint: disable=g-import-not-at-top
+  where = f"model {spec.name!r} (kind='checkpoint', path={spec.path!r})"
+  spec_file = rm_scoring.spec_path(spec.path)
+  if not os.path.isdir(spec.path) or not spec_file.is_file():
+    raise FileNotFoundError(f"{where}: no exported reward model there; expected the parameters "
+                            f"folder written by train_reward_model and its spec {spec_file}")
+  rm_spec = rm_scoring.load_spec(spec_file)
+  buckets = rm_scoring.Buckets.from_dict(rm_spec["buckets"])
+  batch_sizes = tuple(b for b in buckets.batch_sizes if b <= spec.max_batch_size)
+  lengths = tuple(n for n in buckets.lengths if n <= spec.max_seq_len)
+  for field, kept, values in (("max_batch_size", batch_sizes, buckets.batch_sizes),
+                              ("max_seq_len", lengths, buckets.lengths)):
+    if not kept:
+      raise ValueError(f"{where}: {field}={getattr(spec, field)} is below the smallest of the "
+                       f"reward model's buckets {values}")
+  overrides = {"name": spec.name, "buckets": rm_scoring.Buckets(batch_sizes, lengths)}
+  if spec.version:
+    overrides["version"] = spec.version
+  if spec.tokenizer_path:
+    tokenizer = run_setup.load_tokenizer(spec.tokenizer_path)
+    expected = rm_spec.get("tokenizer_id")
+    if expected and tokenizer.id != expected:
+      raise ValueError(f"{where}: tokenizer_path {spec.tokenizer_path!r} holds tokenizer "
+                       f"{tokenizer.id!r}, but the reward model was trained with {expected!r}")
+    overrides["tokenizer"] = tokenizer
+  return rm_scoring.load_scorer_from_export(spec.path, **overrides)
 
 
 def load_scorer(spec: ModelSpec, *, demo: bool = False) -> Scorer:
