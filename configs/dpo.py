@@ -11,13 +11,17 @@ Variants: "" (default: from the SFT policy artifact, `tiny` model, minutes on a 
 import ml_collections
 
 from rlhf_jax.algorithms.optimizer import optimizer_config_defaults
-from rlhf_jax.config import checkpoint_section, lab_section, mesh_section, model_section, tokenizer_section
+from rlhf_jax.config import checkpoint_section, lab_section, mesh_section, model_section, pods, tokenizer_section
+
+TRAINER = "rlhf_jax.algorithms.dpo_train:train_dpo"  # run(config, workdir) -> summary
+VARIANTS = ("", "test") + pods.POD_VARIANTS
+REQUIRES = {"init.sft_checkpoint": "sft"}  # filled with the SFT artifact id by the pipeline and tests
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   test = variant == "test"
-  if variant not in ("", "test"):
-    raise ValueError(f"unknown configs/dpo.py variant {variant!r}; use '' or 'test'")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown configs/dpo.py variant {variant!r}; use one of {VARIANTS}")
   config = ml_collections.ConfigDict()
   config.seed = 0  # seeds random init, data order and every per-step PRNG stream
   config.registry_dir = ""  # artifact registry; "" = <workdir>/../artifacts (shared by sibling stages)
@@ -90,4 +94,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.eval.prompt_batch_size = 64 if not test else 4  # prompts per compiled sampling call
   config.eval.max_new_tokens = 64 if not test else 8  # response budget of those samples
   config.eval.at_start = True  # also evaluate before the first step (the reference's own numbers)
+  if variant in pods.POD_VARIANTS:
+    return pods.apply_pod(config, variant)
   return config
