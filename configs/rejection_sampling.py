@@ -47,7 +47,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.selection = ml_collections.ConfigDict()
   config.selection.mode = "best"  # "best": each prompt's best sample | "threshold": every sample >= threshold
   config.selection.threshold = ml_collections.config_dict.placeholder(float)  # reward floor (None = none)
-  config.selection.require_eos = True  # skip samples cut off at max_new_tokens
+  # Skip samples cut off at max_new_tokens (the test variant's untrained policy rarely stops, so keep them).
+  config.selection.require_eos = not test
 
   config.train.total_steps = 100 if not test else 2  # SFT optimiser steps per round
   config.optimizer.total_steps = config.train.total_steps  # decay horizon of each round's SFT

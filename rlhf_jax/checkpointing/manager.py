@@ -148,6 +148,11 @@ class CheckpointManager:
     for path in partial:
       logger.warning("Partial checkpoint %s: its save was interrupted before commit; skipping it "
                      "(it is removed) and resuming from the last complete checkpoint.", path)
+      if jax.process_index() == 0:  # removed here, not left to Orbax's background clean-up
+        try:
+          path.rmtree()
+        except FileNotFoundError:
+          pass
     return partial
 
   def all_steps(self) -> list[int]:
