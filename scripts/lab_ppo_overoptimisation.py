@@ -1,0 +1,170 @@
+"""Lab study: PPO raises the gold reward; a weak reward model is over-optimised; GRPO learns arithmetic.
+
+RLHF = Reinforcement Learning from Human Feedback; PPO = Proximal Policy Optimization; GRPO = Group
+Relative Policy Optimization; SFT = Supervised Fine-Tuning; RM = reward model; KL = Kullback-Leibler.
+
+Stages, each a sibling directory of --workdir sharing one artifact registry (a finished stage is
+skipped when the script is re-run):
+
+  sft        SFT policy on the lab's review (and arithmetic) demonstrations      configs/sft.py
+  rm_good    RM from the SFT trunk on many annotator-labelled pairs              configs/reward_model.py
+  rm_weak    RM on few pairs and few steps: a poor proxy of the gold reward      configs/reward_model.py
+  ppo_good   PPO against rm_good, adaptive KL: the gold reward should rise       configs/ppo.py
+  ppo_weak   PPO against rm_weak with a small fixed beta: the proxy rises while the gold reward
+             rises, then falls past some KL (reward over-optimisation, Gao et al. 2023)
+  grpo       GRPO on the arithmetic task with the exact verifier: accuracy should rise  configs/grpo.py
+
+Outputs in --workdir: `overoptimisation.png` (gold and proxy reward against KL to the reference, for
+ppo_weak and ppo_good) and `lab_ppo_summary.json` (the figures).
+
+  python scripts/lab_ppo_overoptimisation.py --workdir runs/lab_ppo            # ~1 h on 2 CPU cores
+  python scripts/lab_ppo_overoptimisation.py --workdir /tmp/lab_ppo --scale=test  # plumbing check
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from rlhf_jax.algorithms import metrics as metrics_lib  # noqa: E402
+from rlhf_jax.config import families  # noqa: E402
+
+logger = logging.getLogger("lab_ppo")
+
+
+def run_stage(workdir: pathlib.Path, name: str, family: str, variant: str, overrides: dict) -> dict:
+  """Runs configs/<family>.py:<variant> with dotted overrides in <workdir>/<name>, unless done."""
+  stage_dir = workdir / name
+  summary_path = stage_dir / "summary.json"
+  if summary_path.exists():
+    logger.info("stage %s already done: %s", name, summary_path)
+    return json.loads(summary_path.read_text())
+  fam = families.load_family(REPO / "configs" / f"{family}.py")
+  config = fam.get_config(variant)
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    section = config
+    for p in parents:
+      section = section[p]
+    section[leaf] = value
+  config.registry_dir = str(workdir / "artifacts")
+  logger.info("stage %s: %s %s", name, fam.trainer_spec, overrides)
+  summary = fam.trainer()(config, stage_dir)
+  summary_path.write_text(json.dumps(summary, indent=2, default=str))
+  return summary
+
+
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+  window = max(1, min(window, len(values)))
+  return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def curves(workdir: pathlib.Path, name: str, window: int) -> dict[str, np.ndarray]:
+  records = metrics_lib.read_jsonl(workdir / name / "metrics.jsonl")
+  get = lambda k: np.array([r.get(k, np.nan) for r in records], np.float64)  # noqa: E731
+  out = {"kl": get("kl/ref"), "proxy": get("reward/raw_score"), "gold": get("monitor/gold"),
+         "beta": get("kl/beta"), "length": get("rollout/response_length")}
+  return {k: smoothed(v, window) for k, v in out.items()}
+
+
+def plot(workdir: pathlib.Path, runs: dict[str, dict[str, np.ndarray]]) -> pathlib.Path:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.5), squeeze=False)
+  for ax, (name, c) in zip(axes[0], runs.items()):
+    ax.plot(c["kl"], c["gold"], color="tab:orange", label="gold reward (lab)")
+    ax.set_xlabel("KL(policy || SFT reference), nats per response")
+    ax.set_ylabel("gold reward", color="tab:orange")
+    twin = ax.twinx()
+    twin.plot(c["kl"], c["proxy"], color="tab:blue", label="proxy (reward model)")
+    twin.set_ylabel("proxy reward-model score", color="tab:blue")
+    ax.set_title(name)
+    lines = ax.get_lines() + twin.get_lines()
+    ax.legend(lines, [l.get_label() for l in lines], loc="lower left")
+  fig.tight_layout()
+  path = workdir / "overoptimisation.png"
+  fig.savefig(path, dpi=120)
+  return path
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", default="runs/lab_ppo")
+  parser.add_argument("--scale", choices=("default", "test"), default="default")
+  parser.add_argument("--sft_steps", type=int, default=600)
+  parser.add_argument("--rm_steps", type=int, default=400)
+  parser.add_argument("--weak_rm_pairs", type=int, default=200)
+  parser.add_argument("--weak_rm_steps", type=int, default=25)
+  parser.add_argument("--ppo_iterations", type=int, default=100)
+  parser.add_argument("--weak_beta", type=float, default=0.002)
+  parser.add_argument("--grpo_iterations", type=int, default=60)
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  workdir = pathlib.Path(args.workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  test = args.scale == "test"
+  v = "test" if test else ""
+  steps = (lambda n: min(n, 4)) if test else (lambda n: n)  # noqa: E731
+
+  sft = run_stage(workdir, "sft", "sft", v, {
+      "train.total_steps": steps(args.sft_steps), "optimizer.total_steps": steps(args.sft_steps),
+      "lab.num_arithmetic_sft_train": 64 if test else 3_000, "lab.num_arithmetic_sft_eval": 16 if test else 128})
+  policy = sft["artifact_id"]
+  rm_good = run_stage(workdir, "rm_good", "reward_model", v, {
+      "init.sft_checkpoint": policy, "train.total_steps": steps(args.rm_steps),
+      "optimizer.total_steps": steps(args.rm_steps)})
+  rm_weak = run_stage(workdir, "rm_weak", "reward_model", v, {
+      "name": "weak_reward_model", "init.sft_checkpoint": policy, "lab.num_preferences_train": args.weak_rm_pairs,
+      "train.total_steps": steps(args.weak_rm_steps), "optimizer.total_steps": steps(args.weak_rm_steps),
+      "train.early_stopping_metric": ""})
+  ppo_common = {"init.policy_artifact": policy, "train.sample_every": 10, "checkpoint.every": 1000,
+                "reward.monitor_gold": True}
+  ppo_good = run_stage(workdir, "ppo_good", "ppo", v, {
+      **ppo_common, "reward.source": f"reward_model:{rm_good['artifact_id']}",
+      "train.total_steps": steps(args.ppo_iterations), "kl.init_beta": 0.05, "kl.target": 6.0})
+  ppo_weak = run_stage(workdir, "ppo_weak", "ppo", v, {
+      **ppo_common, "reward.source": f"reward_model:{rm_weak['artifact_id']}",
+      "train.total_steps": steps(args.ppo_iterations), "kl.controller": "fixed", "kl.init_beta": args.weak_beta,
+      "optimizer.lr": 1e-4})
+  grpo = run_stage(workdir, "grpo", "grpo", v, {
+      "init.policy_artifact": policy, "train.total_steps": steps(args.grpo_iterations), "train.sample_every": 10,
+      "checkpoint.every": 1000, "optimizer.lr": 3e-5})
+
+  window = 1 if test else 5
+  runs = {"ppo_weak (weak RM, small fixed beta)": curves(workdir, "ppo_weak", window),
+          "ppo_good (lab RM, adaptive beta)": curves(workdir, "ppo_good", window)}
+  png = plot(workdir, runs)
+  grpo_acc = curves(workdir, "grpo", window)["proxy"]
+
+  def ends(c, key):
+    return {"start": float(c[key][0]), "end": float(c[key][-1]), "max": float(np.nanmax(c[key]))}
+
+  weak = runs["ppo_weak (weak RM, small fixed beta)"]
+  peak = int(np.nanargmax(weak["gold"]))
+  summary = {
+      "stages": {"sft": policy, "rm_good": rm_good["artifact_id"], "rm_weak": rm_weak["artifact_id"],
+                 "ppo_good": ppo_good["artifact_id"], "ppo_weak": ppo_weak["artifact_id"],
+                 "grpo": grpo["artifact_id"]},
+      "ppo_good": {"gold": ends(runs["ppo_good (lab RM, adaptive beta)"], "gold"),
+                   "proxy": ends(runs["ppo_good (lab RM, adaptive beta)"], "proxy"),
+                   "kl_end": float(runs["ppo_good (lab RM, adaptive beta)"]["kl"][-1])},
+      "ppo_weak": {"gold": ends(weak, "gold"), "proxy": ends(weak, "proxy"), "kl_end": float(weak["kl"][-1]),
+                   "kl_at_gold_peak": float(weak["kl"][peak]), "gold_peak": float(weak["gold"][peak])},
+      "grpo_accuracy": {"start": float(grpo_acc[0]), "end": float(grpo_acc[-1]), "max": float(np.nanmax(grpo_acc))},
+      "smoothing_window": window, "plot": str(png),
+  }
+  (workdir / "lab_ppo_summary.json").write_text(json.dumps(summary, indent=2))
+  print(json.dumps(summary, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
