@@ -1,39 +1,242 @@
-"""The main job as a sequence of stages sharing one artifact registry, ending in a report."""
+"""The main job: SFT -> reward model -> PPO, DPO and best-of-N from the same SFT policy ->
+evaluation against the lab's gold reward -> a Markdown report with plots.
+
+Each stage runs its family's own trainer in `<workdir>/<stage>` and hands its artifact id (never a
+path) to the next through the shared registry `<workdir>/artifacts`. Re-running resumes: every
+trainer resumes from its checkpoints and a finished stage re-exports the same artifact.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import pathlib
-from typing import Any, Callable
+import shutil
+import time
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
+import numpy as np
 
-from rlhf_jax.algorithms import sft
+from rlhf_jax.algorithms import best_of_n_run, dpo_train, reward_model_train, sft
+from rlhf_jax.algorithms.ppo import run as ppo_run
+from rlhf_jax.evaluation import plots, suite
 
 logger = logging.getLogger(__name__)
+Results = dict[str, Any]
 
-STAGES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, dict], dict]] = {
-    "sft": lambda cfg, workdir, done: sft.train_sft(cfg.sft, workdir / "sft"),
+
+def _sft(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, done: Results) -> Results:
+  return sft.train_sft(cfg.sft, workdir / "sft")
+
+
+def _reward_model(cfg, workdir, done):
+  cfg.reward_model.init.sft_checkpoint = done["sft"]["artifact_id"]
+  return reward_model_train.train_reward_model(cfg.reward_model, workdir / "reward_model")
+
+
+def _ppo(cfg, workdir, done):
+  cfg.ppo.init.policy_artifact = done["sft"]["artifact_id"]
+  cfg.ppo.reward.source = f"reward_model:{done['reward_model']['artifact_id']}"
+  return ppo_run.train_ppo(cfg.ppo, workdir / "ppo")
+
+
+def _dpo(cfg, workdir, done):
+  cfg.dpo.init.sft_checkpoint = done["sft"]["artifact_id"]
+  return dpo_train.train_dpo(cfg.dpo, workdir / "dpo")
+
+
+def _best_of_n(cfg, workdir, done):
+  cfg.best_of_n.policy = done["sft"]["artifact_id"]
+  if "reward_model" in done:
+    cfg.best_of_n.reward.source = f"reward_model:{done['reward_model']['artifact_id']}"
+  return best_of_n_run.run_best_of_n(cfg.best_of_n, workdir / "best_of_n")
+
+
+def _evaluate(cfg, workdir, done):
+  cfg.evaluate.reference = done["sft"]["artifact_id"]
+  cfg.evaluate.policies = ",".join(done[s]["artifact_id"] for s in ("ppo", "dpo") if s in done)
+  if "reward_model" in done:
+    cfg.evaluate.judges.proxy = f"reward_model:{done['reward_model']['artifact_id']}"
+  return suite.run_evaluation(cfg.evaluate, workdir / "evaluate")
+
+
+STAGES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, Results], Results]] = {
+    "sft": _sft, "reward_model": _reward_model, "ppo": _ppo, "dpo": _dpo, "best_of_n": _best_of_n,
+    "evaluate": _evaluate,
 }
+REQUIRES = {"reward_model": ("sft",), "ppo": ("sft", "reward_model"), "dpo": ("sft",), "best_of_n": ("sft",),
+            "evaluate": ("sft",)}
+
+
+def validate_stages(stages) -> None:
+  unknown = [s for s in stages if s not in STAGES]
+  if unknown:
+    raise ValueError(f"config.stages has unknown stages {unknown}; known: {list(STAGES)}")
+  for i, s in enumerate(stages):
+    missing = [r for r in REQUIRES.get(s, ()) if r not in stages[:i]]
+    if missing:
+      raise ValueError(f"config.stages: stage {s!r} needs {missing} to run before it")
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
   """Runs `config.stages` in order and writes `<workdir>/report.md`; returns its path."""
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  unknown = [s for s in config.stages if s not in STAGES]
-  if unknown:
-    raise ValueError(f"config.stages has unknown stages {unknown}; known: {sorted(STAGES)}")
-  results: dict[str, Any] = {}
-  for stage in config.stages:
-    logger.info("=== stage %s ===", stage)
+  stages = tuple(config.stages)
+  validate_stages(stages)
+  results: Results = {}
+  timings: dict[str, float] = {}
+  for i, stage in enumerate(stages):
+    logger.info("=== stage %d/%d: %s ===", i + 1, len(stages), stage)
+    t0 = time.perf_counter()
     results[stage] = STAGES[stage](config, workdir, results)
+    timings[stage] = time.perf_counter() - t0
+    logger.info("=== stage %s done in %.1f s ===", stage, timings[stage])
   report = workdir / "report.md"
   if jax.process_index() == 0:
-    lines = ["# rlhf_jax pipeline report", ""]
-    for stage, summary in results.items():
-      lines += [f"## {stage}", "", "```json", json.dumps({k: v for k, v in summary.items() if k != "examples"},
-                                                         indent=2), "```", ""]
-    report.write_text("\n".join(lines))
+    report.write_text(build_report(results, timings, workdir))
+    (workdir / "pipeline_summary.json").write_text(json.dumps(_jsonable({"timings_s": timings, **results}),
+                                                              indent=2))
   return report
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+# ---------------------------------------------------------------------------------------------
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, pathlib.Path):
+    return str(x)
+  return x
+
+
+def _read_metrics(path: pathlib.Path) -> list[dict[str, float]]:
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(records, key) -> tuple[list[float], list[float]]:
+  pts = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+  return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def frontier_points(results: Results) -> dict[str, tuple[list[float], list[float]]]:
+  """(KL to the SFT policy in nats, gold reward) per method, from the evaluation and best-of-N."""
+  out: dict[str, tuple[list[float], list[float]]] = {}
+  ev = results.get("evaluate")
+  if ev:
+    kl = ev.get("kl_to_reference", {})
+    names = {p["artifact_id"]: p["name"] for p in ev["players"]}
+    for artifact, name in names.items():
+      gold = ev["on_policy"][name].get("gold", {}).get("mean")
+      k = kl.get(name, {}).get("k3", 0.0) if isinstance(kl, Mapping) and name in kl else None
+      label = next((s for s in ("ppo", "dpo") if results.get(s, {}).get("artifact_id") == artifact), "sft")
+      if gold is not None and k is not None:
+        out[label] = ([float(k)], [float(gold)])
+  bon = results.get("best_of_n")
+  if bon:
+    rows = bon["per_n"]
+    out["best-of-N"] = ([r["kl/analytic"] for r in rows], [r["gold/best_mean"] for r in rows])
+  return out
+
+
+def _plot_frontier(points, path: pathlib.Path) -> pathlib.Path:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(6.0, 4.2))
+  ax = fig.add_subplot(1, 1, 1)
+  for name, (x, y) in points.items():
+    ax.plot(x, y, marker="o", linestyle="-" if len(x) > 1 else "none", label=name, markersize=7)
+  ax.set_xlabel("KL to the SFT policy (nats per response)")
+  ax.set_ylabel("gold reward (mean)")
+  ax.set_title("gold reward vs KL")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  return path
+
+
+def build_report(results: Results, timings: Mapping[str, float], workdir: pathlib.Path) -> str:
+  """Markdown with the figures that matter: frontier, over-optimisation, calibration, curves."""
+  figures = workdir / "figures"
+  figures.mkdir(exist_ok=True)
+  lines = ["# rlhf_jax main job report", "",
+           "Every number below is measured on the lab's held-out prompts against its GOLD reward (the truth",
+           "the proxy reward model was trained to imitate). KL is to the SFT policy, in nats per response.", ""]
+  lines += ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [""]
+
+  points = frontier_points(results)
+  if points:
+    _plot_frontier(points, figures / "frontier.png")
+    lines += ["## Gold reward vs KL", "", "![frontier](figures/frontier.png)", "",
+              "| method | KL | gold reward |", "|---|---|---|"]
+    for name, (x, y) in points.items():
+      for xi, yi in zip(x, y):
+        lines.append(f"| {name} | {xi:.3f} | {yi:.3f} |")
+    lines.append("")
+
+  bon = results.get("best_of_n")
+  ppo_metrics = _read_metrics(workdir / "ppo" / "metrics.jsonl")
+  over = {}
+  if bon:
+    rows = bon["per_n"]
+    kl = [r["kl/analytic"] for r in rows]
+    over["best-of-N proxy (gain, std)"] = (kl, [r["proxy/gain_std"] for r in rows])
+    over["best-of-N gold (gain, std)"] = (kl, [r["gold/gain_std"] for r in rows])
+  if over:
+    plots.plot_curves(over, figures / "overoptimisation.png", "KL (nats)", "reward gain over N=1 (base std)",
+                      title="proxy vs gold reward (best-of-N)")
+    lines += ["## Proxy vs gold reward (over-optimisation)", "", "![overopt](figures/overoptimisation.png)", ""]
+  if ppo_metrics:
+    k_x, proxy = _series(ppo_metrics, "reward/raw_score")
+    _, gold = _series(ppo_metrics, "monitor/gold")
+    _, kl = _series(ppo_metrics, "kl/ref")
+    if proxy and gold and len(kl) == len(proxy) == len(gold):
+      plots.plot_curves({"proxy (reward model)": (kl, proxy), "gold": (kl, gold)}, figures / "ppo_proxy_gold.png",
+                        "KL to reference (nats)", "reward", title="PPO: proxy and gold reward along training")
+      lines += ["![ppo](figures/ppo_proxy_gold.png)", ""]
+
+  rm_dir = workdir / "reward_model"
+  if (rm_dir / "reliability.png").exists():
+    shutil.copy(rm_dir / "reliability.png", figures / "reliability.png")
+    lines += ["## Reward-model calibration", "", "![reliability](figures/reliability.png)", ""]
+    rm = results.get("reward_model", {})
+    test = rm.get("test", {})
+    keep = {k: v for k, v in test.items() if isinstance(v, (int, float)) and any(
+        s in k for s in ("accuracy", "auc", "ece", "spearman", "log_loss"))}
+    if keep:
+      lines += ["| held-out metric | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in sorted(keep.items())]
+      lines.append("")
+
+  curves = {}
+  for stage, key in (("sft", "loss/nll"), ("reward_model", "loss/total"), ("dpo", "loss/total")):
+    steps, values = _series(_read_metrics(workdir / stage / "metrics.jsonl"), key)
+    if steps:
+      curves[f"{stage} {key}"] = (steps, values)
+  if curves:
+    plots.plot_curves(curves, figures / "training_curves.png", "step", "loss", title="training curves")
+    lines += ["## Training curves", "", "![curves](figures/training_curves.png)", ""]
+  if ppo_metrics:
+    s, r = _series(ppo_metrics, "reward/raw_score")
+    _, k = _series(ppo_metrics, "kl/ref")
+    if s:
+      plots.plot_curves({"proxy score": (s, r), "KL to reference": (s, k)}, figures / "ppo_curves.png",
+                        "iteration", "value", title="PPO")
+      lines += ["![ppo curves](figures/ppo_curves.png)", ""]
+
+  lines += ["## Stage summaries", ""]
+  for stage, summary in results.items():
+    short = {k: v for k, v in summary.items() if k not in ("examples", "per_n", "hacking", "on_policy", "plots")}
+    lines += [f"### {stage}", "", "```json", json.dumps(_jsonable(short), indent=1, default=str)[:4000], "```", ""]
+  return "\n".join(lines)
