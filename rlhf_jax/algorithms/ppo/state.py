@@ -117,6 +117,11 @@ def create_value_state(value_model: models.ScalarModel, tx: optax.GradientTransf
   init_fn = functools.partial(models.init_params, value_model)
   abstract = train_state_lib.abstract_train_state(init_fn, tx, mesh, rules, key)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
+  if reward_params is not None and init == "reward_model":
+    # The reward model may have been loaded onto one device (or another mesh): place it first, since
+    # jit refuses arguments committed to other devices than its output shardings.
+    check_same_structure(reward_params, abstract.params, "reward-model params (value init)")
+    reward_params = jax.device_put(reward_params, shardings.params)
   params = jax.jit(functools.partial(value_params_from, abstract.params, init),
                    out_shardings=shardings.params)(reward_params=reward_params, policy_params=policy_params)
   state = jax.jit(lambda p: train_state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
