@@ -15,7 +15,9 @@ skipped when the script is re-run):
   grpo       GRPO on the arithmetic task with the exact verifier: accuracy should rise  configs/grpo.py
 
 Outputs in --workdir: `overoptimisation.png` (gold and proxy reward against KL to the reference, for
-ppo_weak and ppo_good) and `lab_ppo_summary.json` (the figures).
+ppo_weak and ppo_good) and `lab_ppo_summary.json` (the figures: training curves' start / end /
+max after smoothing, and held-out evaluations of the exported policies: gold reward of reviews
+sampled at temperature 0.7, greedy verifier accuracy on arithmetic).
 
   python scripts/lab_ppo_overoptimisation.py --workdir runs/lab_ppo            # ~1 h on 2 CPU cores
   python scripts/lab_ppo_overoptimisation.py --workdir /tmp/lab_ppo --scale=test  # plumbing check
@@ -95,6 +97,24 @@ def plot(workdir: pathlib.Path, runs: dict[str, dict[str, np.ndarray]]) -> pathl
   return path
 
 
+def heldout_eval(workdir: pathlib.Path, artifact_id: str, task: str, num: int) -> float:
+  """Mean gold reward (reviews, sampled at temperature 0.7) or greedy verifier accuracy (arithmetic)
+  of a policy artifact on the task's held-out "eval" prompts."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import sampling  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.algorithms import lab_rewards, policy_loading  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.data import chat  # pylint: disable=g-import-not-at-top
+  policy = policy_loading.load_policy(workdir / "artifacts", artifact_id)
+  examples = lab_rewards.lab_prompts(task, "eval", num)
+  ids = [chat.render_prompt(policy.tokenizer, e.prompt) for e in examples]
+  cfg = sampling.SamplingConfig(max_new_tokens=48 if task == "reviews" else 16,
+                                temperature=0.7 if task == "reviews" else 0.0)
+  out = policy_loading.make_sampler(policy).generate(policy.params, ids, jax.random.key(0), cfg)
+  responses = policy.tokenizer.decode_batch(np.asarray(out.tokens_BxS).tolist())
+  scores = lab_rewards.score_texts(lab_rewards.gold_source(task), [e.prompt for e in examples], responses)
+  return float(np.mean(scores))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="runs/lab_ppo")
@@ -105,7 +125,10 @@ def main(argv=None) -> int:
   parser.add_argument("--weak_rm_steps", type=int, default=25)
   parser.add_argument("--ppo_iterations", type=int, default=100)
   parser.add_argument("--weak_beta", type=float, default=0.002)
-  parser.add_argument("--grpo_iterations", type=int, default=60)
+  parser.add_argument("--grpo_iterations", type=int, default=80)
+  parser.add_argument("--grpo_lr", type=float, default=5e-5)
+  parser.add_argument("--grpo_prompts", type=int, default=32)  # prompts per iteration (x 8 samples)
+  parser.add_argument("--eval_prompts", type=int, default=128)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   workdir = pathlib.Path(args.workdir).absolute()
@@ -136,7 +159,8 @@ def main(argv=None) -> int:
       "optimizer.lr": 1e-4})
   grpo = run_stage(workdir, "grpo", "grpo", v, {
       "init.policy_artifact": policy, "train.total_steps": steps(args.grpo_iterations), "train.sample_every": 10,
-      "checkpoint.every": 1000, "optimizer.lr": 3e-5})
+      "checkpoint.every": 1000, "optimizer.lr": args.grpo_lr,
+      "rollout.num_prompts": 8 if test else args.grpo_prompts, "algo.num_minibatches": 2 if test else 4})
 
   window = 1 if test else 5
   runs = {"ppo_weak (weak RM, small fixed beta)": curves(workdir, "ppo_weak", window),
@@ -161,6 +185,13 @@ def main(argv=None) -> int:
       "grpo_accuracy": {"start": float(grpo_acc[0]), "end": float(grpo_acc[-1]), "max": float(np.nanmax(grpo_acc))},
       "smoothing_window": window, "plot": str(png),
   }
+  n = 8 if test else args.eval_prompts
+  summary["heldout"] = {
+      "gold_reviews": {name: heldout_eval(workdir, summary["stages"][name], "reviews", n)
+                       for name in ("sft", "ppo_good", "ppo_weak")},
+      "arithmetic_greedy_accuracy": {name: heldout_eval(workdir, summary["stages"][name], "arithmetic", n)
+                                     for name in ("sft", "grpo")},
+      "num_prompts": n}
   (workdir / "lab_ppo_summary.json").write_text(json.dumps(summary, indent=2))
   print(json.dumps(summary, indent=2))
   return 0

@@ -281,33 +281,44 @@ REWARD = np.array([1.0, 0.2, -0.5, 0.6, 0.0])
 REF_LOGITS = np.array([0.5, 1.2, 0.0, -0.8, 0.3])
 
 
-def bandit_run(beta, key, iterations=150, batch=512):
-  """PPO with KL-shaped rewards, a tabular critic and GAE on a one-token episode; returns the policy
-  after every iteration [iterations, ARMS]."""
-  cfg = update.UpdateConfig(num_epochs=2, num_minibatches=4, vf_coef=0.5)
+def bandit_run(beta, key, estimator="gae", iterations=150, batch=512):
+  """PPO with the KL in the reward on a one-token episode; returns the policy after every iteration.
+
+  "gae": per-token KL-shaped reward, a tabular critic and GAE; "rloo" / "grpo": one group of `batch`
+  samples, sequence reward score - beta * KL and a group baseline, no critic."""
+  critic = estimator == "gae"
+  cfg = update.UpdateConfig(num_epochs=2, num_minibatches=4, vf_coef=0.5 if critic else 0.0)
   reward_cfg = rewards.RewardConfig(kl_estimator="k1", missing_eos_penalty=None)
-  gae = advantages.get_advantage_fn("gae", gamma=1.0, lam=0.95)
+  adv_fn = advantages.get_advantage_fn(estimator, gamma=1.0, lam=0.95, num_samples=batch)
   tx = optax.adam(0.02)
   ref_params = {"logits_SxK": jnp.asarray(REF_LOGITS, jnp.float32)[None]}
   pol = train_state_lib.TrainState(step=jnp.int32(0), params=ref_params, opt_state=tx.init(ref_params))
   v0 = {"v_SxK": jnp.zeros((1, ARMS))}
-  val = train_state_lib.TrainState(step=jnp.int32(0), params=v0, opt_state=tx.init(v0))
-  upd = functools.partial(update.ppo_update, logp_fn=tab_logp, value_fn=tab_value, policy_tx=tx, value_tx=tx,
-                          cfg=cfg)
+  val = train_state_lib.TrainState(step=jnp.int32(0), params=v0, opt_state=tx.init(v0)) if critic else None
+  value_fn = tab_value if critic else None
+  upd = functools.partial(update.ppo_update, logp_fn=tab_logp, value_fn=value_fn, policy_tx=tx,
+                          value_tx=tx if critic else None, cfg=cfg)
   mask = jnp.ones((batch, 1), jnp.int32)
 
   def iteration(carry, k):
     pol, val = carry
     arms = jax.random.categorical(k, pol.params["logits_SxK"][0], shape=(batch,))[:, None]
     inputs = {"tokens_BxS": arms}
-    fwd = rollout.evaluate(pol.params, ref_params, val.params, inputs, logp_fn=tab_logp, value_fn=tab_value)
+    fwd = rollout.evaluate(pol.params, ref_params, None if val is None else val.params, inputs, logp_fn=tab_logp,
+                           value_fn=value_fn)
     kl = rewards.per_token_kl(fwd.old_logp_BxS, fwd.ref_logp_BxS, mask, "k1")
     score = jnp.asarray(REWARD, jnp.float32)[arms[:, 0]]
-    token_r, _ = rewards.token_rewards(score, kl, mask, jnp.float32(beta), reward_cfg)
-    adv, ret = gae(advantages.AdvantageInputs(mask_BxS=mask, token_rewards_BxS=token_r, values_BxS=fwd.values_BxS))
+    if critic:
+      token_r, _ = rewards.token_rewards(score, kl, mask, jnp.float32(beta), reward_cfg)
+      adv_in = advantages.AdvantageInputs(mask_BxS=mask, token_rewards_BxS=token_r, values_BxS=fwd.values_BxS)
+    else:
+      seq_r, _ = rewards.sequence_rewards(score, kl, mask, jnp.float32(beta), reward_cfg)
+      adv_in = advantages.AdvantageInputs(mask_BxS=mask, sequence_rewards_B=seq_r)
+    adv, ret = adv_fn(adv_in)
+    old_v = fwd.values_BxS if critic else jnp.zeros_like(adv)
     exp = update.Experience(inputs=inputs, mask_BxS=mask, old_logp_BxS=fwd.old_logp_BxS,
                             ref_logp_BxS=fwd.ref_logp_BxS, advantages_BxS=adv, returns_BxS=ret,
-                            old_values_BxS=fwd.values_BxS, rollout_logp_BxS=fwd.old_logp_BxS)
+                            old_values_BxS=old_v, rollout_logp_BxS=fwd.old_logp_BxS)
     out = upd(pol, val, exp, jax.random.fold_in(k, 1), jnp.float32(0.0), True)
     return (out.policy_state, out.value_state), jax.nn.softmax(out.policy_state.params["logits_SxK"][0])
 
@@ -317,16 +328,18 @@ def bandit_run(beta, key, iterations=150, batch=512):
 
 @pytest.fixture(scope="module")
 def bandit():
-  return jax.jit(bandit_run, static_argnames=("iterations", "batch"))
+  return jax.jit(bandit_run, static_argnames=("estimator", "iterations", "batch"))
 
 
-@pytest.mark.parametrize("beta", [0.3, 1.0])
-def test_bandit_converges_to_the_kl_regularised_optimum(bandit, beta):
+@pytest.mark.parametrize("estimator,beta", [("gae", 0.3), ("gae", 1.0), ("rloo", 0.3), ("grpo", 0.3)])
+def test_bandit_converges_to_the_kl_regularised_optimum(bandit, estimator, beta):
+  """pi* = pi_ref exp(r / beta) / Z maximises E[r] - beta KL(pi || pi_ref); PPO with the KL in the
+  reward reaches it with a critic (GAE) and with group baselines (RLOO, GRPO)."""
   ref = np.exp(REF_LOGITS - REF_LOGITS.max())
   ref /= ref.sum()
   optimum = ref * np.exp(REWARD / beta)
   optimum /= optimum.sum()
-  learned = np.asarray(bandit(beta, jax.random.key(7)))[-50:].mean(0)  # average out the sampling noise
+  learned = np.asarray(bandit(beta, jax.random.key(7), estimator))[-50:].mean(0)  # average out sampling noise
   tv = 0.5 * np.abs(learned - optimum).sum()
   assert tv < 0.02, (learned, optimum)
   assert 0.5 * np.abs(optimum - ref).sum() > 0.1  # the optimum is far from the start: the test has power
