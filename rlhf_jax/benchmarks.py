@@ -208,9 +208,14 @@ def w4_ppo_iteration(model_name: str, peaks: dict, repeats: int) -> dict:
   timed = holder["timings"][1:]
   median = lambda k: sorted(m[k] for m in timed)[len(timed) // 2]  # noqa: E731
   L = P + S
-  fwd = perf.forward_flops_per_token(cfg, L) * B * L  # one forward pass over [prompt; response]
+  unembed = cfg.d_model * cfg.vocab_size  # scalar models (value, reward) have a D x 1 head instead
+  lm_fwd = perf.forward_flops_per_token(cfg, L) * B * L  # one forward pass over [prompt; response]
+  scalar_fwd = (perf.forward_flops_per_token(cfg, L) - 2 * unembed) * B * L
+  lm_train = perf.train_flops_per_token(cfg, L) * B * L
+  scalar_train = (perf.train_flops_per_token(cfg, L) - 6 * unembed) * B * L
   gen = B * sum(perf.forward_flops_per_token(cfg, P + s) for s in range(S)) + perf.forward_flops_per_token(cfg, P) * B * P
-  flops = gen + 4 * fwd + 2 * perf.train_flops_per_token(cfg, L) * B * L  # old/ref/value/RM + policy & critic step
+  # generation + old/reference log-probs + value and reward forwards + one epoch of policy and critic steps
+  flops = gen + 2 * lm_fwd + 2 * scalar_fwd + lm_train + scalar_train
   return {"workload": "w4_ppo_iteration", "model": model_name, "prompts": B, "prompt_len": P, "new_tokens": S,
           "compute_dtype": cfg.compute_dtype, "compile_s": t["first_call_s"] - t["median_s"],
           "s_per_iteration": t["median_s"], "generation_s": median("time/generation_s"),
