@@ -2,7 +2,7 @@
 
   python experiments/main.py --workdir runs/main
   python experiments/main.py --config configs/main.py:test --workdir /tmp/main    # a smoke run
-  ... --config.sft.train.total_steps=400 --config.ppo.train.iterations=40
+  ... --config.sft.train.total_steps=400 --config.ppo.train.total_steps=40
 
 Stage sections are the families' own configs (configs/<family>.py) with sizes trimmed so the whole
 pipeline fits in about ten minutes on a 2-core CPU. The pipeline fills the artifact-id fields
