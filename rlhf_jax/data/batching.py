@@ -68,7 +68,8 @@ def positions_from_mask(mask_BxL: np.ndarray) -> np.ndarray:
   return ((np.cumsum(mask_BxL, axis=-1) - mask_BxL) * mask_BxL).astype(np.int32)
 
 
-def _as_ids(ids: TokenIds, what: str) -> np.ndarray:
+def as_token_ids(ids: TokenIds, what: str) -> np.ndarray:
+  """A flat int32 array of token ids; `what` names the input in the error."""
   array = np.asarray(ids)
   if array.size == 0:
     return np.zeros((0,), np.int32)
@@ -134,7 +135,7 @@ def pad_prompts(prompts: Sequence[TokenIds], *, buckets: Sequence[int], pad_id: 
   Example:
     pad_prompts([[5, 6], [7]], buckets=(4,), pad_id=0).tokens_BxP == [[0, 0, 5, 6], [0, 0, 0, 7]]
   """
-  rows = [_as_ids(p, f"prompt of example {_example_id(example_ids, i)!r}")
+  rows = [as_token_ids(p, f"prompt of example {_example_id(example_ids, i)!r}")
           for i, p in enumerate(prompts)]
   if example_ids is not None:
     _check_count("example_ids", example_ids, len(rows))
@@ -182,7 +183,7 @@ def pad_sequences(token_ids: Sequence[TokenIds], loss_masks: Sequence[TokenIds],
   rows, masks = [], []
   for i, (ids, mask) in enumerate(zip(token_ids, loss_masks)):
     name = _example_id(example_ids, i)
-    row, mask = _as_ids(ids, f"tokens of example {name!r}"), _as_ids(mask, f"mask of {name!r}")
+    row, mask = as_token_ids(ids, f"tokens of example {name!r}"), as_token_ids(mask, f"mask of {name!r}")
     if row.shape != mask.shape:
       raise ValueError(f"example {name!r}: {len(row)} tokens but {len(mask)} loss-mask entries")
     if np.any((mask != 0) & (mask != 1)):
@@ -215,8 +216,8 @@ def pad_preference_pairs(prompt_ids: Sequence[TokenIds], chosen_ids: Sequence[To
   for label, responses in (("chosen", chosen_ids), ("rejected", rejected_ids)):
     for i in range(num_pairs):
       name = _example_id(example_ids, i)
-      prompt = _as_ids(prompt_ids[i], f"prompt of example {name!r}")
-      response = _as_ids(responses[i], f"{label} response of example {name!r}")
+      prompt = as_token_ids(prompt_ids[i], f"prompt of example {name!r}")
+      response = as_token_ids(responses[i], f"{label} response of example {name!r}")
       pieces.append([prompt, response])
       masks.append([np.zeros_like(prompt), np.ones_like(response)])
       lengths.append(len(prompt) + len(response))

@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from rlhf_jax.data.batching import pick_bucket
+from rlhf_jax.data.batching import as_token_ids, pick_bucket
 
 Overlong = Literal["error", "skip", "truncate"]
 
@@ -55,16 +55,6 @@ class PackResult:
     """Fraction of token slots holding real tokens: sum(segment_ids > 0) / (B * L)."""
     segment_ids = self.rows.segment_ids_BxL
     return float(np.count_nonzero(segment_ids)) / max(segment_ids.size, 1)
-
-
-def _as_ids(ids: Any, what: str) -> np.ndarray:
-  array = np.asarray(ids)
-  if array.size == 0:
-    return np.zeros((0,), np.int32)
-  if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-    raise ValueError(f"{what} must be a flat sequence of ints, got dtype {array.dtype} and shape "
-                     f"{array.shape}")
-  return array.astype(np.int32)
 
 
 def pack_sequences(token_ids: Sequence[Any], loss_masks: Sequence[Any], *, row_length: int,
@@ -109,8 +99,8 @@ def pack_sequences(token_ids: Sequence[Any], loss_masks: Sequence[Any], *, row_l
   skipped, truncated = [], []
   for index, (ids, mask) in enumerate(zip(token_ids, loss_masks)):
     name = example_ids[index] if example_ids is not None else index
-    tokens = _as_ids(ids, f"tokens of example {name!r}")
-    mask = _as_ids(mask, f"loss mask of example {name!r}")
+    tokens = as_token_ids(ids, f"tokens of example {name!r}")
+    mask = as_token_ids(mask, f"loss mask of example {name!r}")
     if tokens.shape != mask.shape:
       raise ValueError(f"example {name!r}: {len(tokens)} tokens but {len(mask)} loss-mask entries")
     if np.any((mask != 0) & (mask != 1)):
