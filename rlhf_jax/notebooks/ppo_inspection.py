@@ -33,11 +33,10 @@ import ml_collections
 import numpy as np
 
 from rlhf_jax import models, ops, sharding
-from rlhf_jax.algorithms import lab_rewards, metrics as metrics_lib, policy_loading, run_setup
+from rlhf_jax.algorithms import metrics as metrics_lib, policy_loading, run_setup
 from rlhf_jax.algorithms.ppo import advantages as advantages_lib, rewards as rewards_lib, run as ppo_run
 from rlhf_jax.algorithms.ppo import state as state_lib, tf_adam, trainer as trainer_lib
 from rlhf_jax.config import model_config_from
-from rlhf_jax.data import chat
 from rlhf_jax.data.tokenizer import Tokenizer
 
 PyTree = Any
@@ -82,15 +81,8 @@ def build_ppo_session(config: ml_collections.ConfigDict, workdir: str | pathlib.
     model_cfg = model_config_from(config.model, vocab_size=tokenizer.vocab_size)
     params = state_lib.unboxed_init(models.CausalLM(model_cfg), jax.random.key(config.seed))
   settings = ppo_run.settings_from_config(config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-  examples = lab_rewards.lab_prompts(config.prompts.task, "train", config.prompts.num, seed=config.lab.seed)
-  prompts = trainer_lib.PromptSet(
-      token_ids=[chat.render_prompt(tokenizer, e.prompt) for e in examples],
-      texts=[e.prompt if isinstance(e.prompt, str) else chat.render_text(e.prompt) for e in examples])
-  source = lab_rewards.make_reward_source(config.reward.source, registry_dir=registry_dir,
-                                          policy_tokenizer_id=tokenizer.id)
-  monitors = {}
-  if config.reward.monitor_gold and config.reward.source not in ("gold", "verifier"):
-    monitors["gold"] = lab_rewards.gold_source(config.prompts.task)
+  prompts = ppo_run.lab_prompt_set(config, tokenizer)
+  source, monitors = ppo_run.reward_and_monitors(config, registry_dir, tokenizer)
   value_init, reward_params = config.value.init, None
   if advantages_lib.needs_critic(settings.advantage):
     is_rm = config.reward.source.startswith("reward_model:")

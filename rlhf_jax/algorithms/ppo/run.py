@@ -125,6 +125,24 @@ def _prompt_text(prompt: Any) -> str:
   return prompt if isinstance(prompt, str) else chat.render_text(prompt)
 
 
+def lab_prompt_set(config: ml_collections.ConfigDict, tokenizer: Any) -> trainer_lib.PromptSet:
+  """The training prompts of `config.prompts` rendered with the chat template."""
+  examples = lab_rewards.lab_prompts(config.prompts.task, "train", config.prompts.num, seed=config.lab.seed)
+  return trainer_lib.PromptSet(token_ids=[chat.render_prompt(tokenizer, e.prompt) for e in examples],
+                               texts=[_prompt_text(e.prompt) for e in examples])
+
+
+def reward_and_monitors(config: ml_collections.ConfigDict, registry_dir: Any, tokenizer: Any):
+  """(reward source, monitors): the source named by `config.reward.source`, plus the task's gold reward
+  as a monitor when the source is a proxy and `config.reward.monitor_gold` is set."""
+  source = lab_rewards.make_reward_source(config.reward.source, registry_dir=registry_dir,
+                                          policy_tokenizer_id=tokenizer.id)
+  monitors = {}
+  if config.reward.monitor_gold and config.reward.source not in ("gold", "verifier"):
+    monitors["gold"] = lab_rewards.gold_source(config.prompts.task)
+  return source, monitors
+
+
 def train_ppo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Runs PPO (or GRPO / RLOO: `advantage.estimator`) from the SFT policy on lab prompts."""
   workdir = pathlib.Path(workdir).absolute()
@@ -154,14 +172,8 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
   value_model = models.ScalarModel(model_cfg, mesh=mesh, rules=rules)
   settings = settings_from_config(config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
 
-  examples = lab_rewards.lab_prompts(config.prompts.task, "train", config.prompts.num, seed=config.lab.seed)
-  prompt_ids = [chat.render_prompt(tokenizer, e.prompt) for e in examples]
-  prompts = trainer_lib.PromptSet(token_ids=prompt_ids, texts=[_prompt_text(e.prompt) for e in examples])
-  source = lab_rewards.make_reward_source(config.reward.source, registry_dir=registry_dir,
-                                          policy_tokenizer_id=tokenizer.id)
-  monitors = {}
-  if config.reward.monitor_gold and config.reward.source not in ("gold", "verifier"):
-    monitors["gold"] = lab_rewards.gold_source(config.prompts.task)
+  prompts = lab_prompt_set(config, tokenizer)
+  source, monitors = reward_and_monitors(config, registry_dir, tokenizer)
 
   value_init, reward_params = config.value.init, None
   if advantages_lib.needs_critic(settings.advantage):
