@@ -82,6 +82,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.total_steps = 200 if not test else 4  # optimiser steps
+  config.train.log_every = 25  # metrics line in the log every N steps (JSONL/TensorBoard get all)
   config.train.eval_every = 50 if not test else 2  # held-out evaluation every this many steps
 
   config.checkpoint = checkpoint_section()

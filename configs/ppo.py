@@ -126,6 +126,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.total_steps = 200 if not test else 2  # PPO iterations (rollout + update)
+  config.train.log_every = 5  # metrics line in the log every N iterations (JSONL/TensorBoard get all)
   config.train.logprob_chunk_size = 0  # > 0: vocabulary-chunked log-probs (never materialise [B, L, V])
   config.train.sample_every = 10 if not test else 1  # write completions with score and KL (0: never)
   config.train.num_logged_samples = 4  # completions written each time (<workdir>/samples.jsonl)

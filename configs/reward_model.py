@@ -80,6 +80,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.total_steps = 500 if not test else 4  # optimiser steps (early stopping may end sooner)
+  config.train.log_every = 25  # metrics line in the log every N steps (JSONL/TensorBoard get all)
   config.train.eval_every = 50 if not test else 2  # held-out validation (and a checkpoint) every N steps
   # A validation metric ("" = no early stopping). The pairwise ROC-AUC uses the margins, so it is
   # less noisy than the accuracy on a few hundred pairs.

@@ -49,6 +49,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.total_steps = 400 if not test else 4  # optimiser steps
+  config.train.log_every = 25  # metrics line in the log every N steps (JSONL/TensorBoard get all)
   config.train.eval_every = 100 if not test else 2  # held-out loss every this many steps
   config.train.eval_batches = 8 if not test else 1  # held-out batches per evaluation
   config.train.logprob_chunk_size = 0  # > 0: vocabulary-chunked log-probs (never materialise [B, L, V])

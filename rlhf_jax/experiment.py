@@ -43,9 +43,14 @@ def start(config: Any = None) -> None:
 
   Environment: RLHF_JAX_COMPILATION_CACHE (persistent XLA cache directory, "" = off),
   RLHF_JAX_COMPILATION_CACHE_MIN_SECS (cache only compilations slower than this; default 1),
+  RLHF_JAX_VERBOSE_LIBRARIES=1 (keep the INFO logs of absl-logging libraries such as Orbax),
   and the multi-process variables of `maybe_initialize_distributed`.
   """
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  # Orbax (through absl logging) narrates every checkpoint phase at INFO, which buries the progress
+  # bars and metrics; its warnings and errors still show. RLHF_JAX_VERBOSE_LIBRARIES=1 keeps it all.
+  if os.environ.get("RLHF_JAX_VERBOSE_LIBRARIES") != "1":
+    logging.getLogger("absl").setLevel(logging.WARNING)
   cache = os.environ.get("RLHF_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/rlhf_jax/xla"))
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)

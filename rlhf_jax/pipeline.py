@@ -12,7 +12,7 @@ import logging
 import pathlib
 import shutil
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import ml_collections
@@ -129,36 +129,80 @@ def _series(records, key) -> tuple[list[float], list[float]]:
   return [p[0] for p in pts], [p[1] for p in pts]
 
 
+class FrontierRow(NamedTuple):
+  """One policy on the gold-reward-vs-KL frontier."""
+  method: str  # "sft" | "ppo" | "dpo" | "best-of-N"
+  n: int  # best-of-N's N (1 for the other methods)
+  kl: float  # KL to the SFT policy, nats per response (k3 estimate; best-of-N: analytic)
+  gold: float  # mean gold reward of its responses
+  gold_stderr: float  # standard error of that mean over prompts
+  num_prompts: int  # held-out prompts it was measured on
+
+
+def frontier_rows(results: Results) -> list[FrontierRow]:
+  """Every policy's (KL, gold reward +- s.e.) from the evaluation stage and best-of-N."""
+  rows: list[FrontierRow] = []
+  ev = results.get("evaluate")
+  if ev:
+    kl = ev.get("kl_to_reference") or {}
+    for player in ev["players"]:
+      name, artifact = player["name"], player["artifact_id"]
+      gold = ev["on_policy"][name].get("gold")
+      if gold is None or name not in kl:
+        continue
+      method = next((s for s in ("ppo", "dpo") if results.get(s, {}).get("artifact_id") == artifact), "sft")
+      rows.append(FrontierRow(method, 1, float(kl[name]["k3"]), float(gold["mean"]), float(gold["stderr"]),
+                              int(ev["num_prompts"])))
+  bon = results.get("best_of_n")
+  if bon:
+    for r in bon["per_n"]:
+      rows.append(FrontierRow("best-of-N", int(r["n"]), float(r["kl/analytic"]), float(r["gold/best_mean"]),
+                              float(r["gold/best_stderr"]), int(bon["num_prompts"])))
+  return rows
+
+
 def frontier_points(results: Results) -> dict[str, tuple[list[float], list[float]]]:
   """(KL to the SFT policy in nats, gold reward) per method, from the evaluation and best-of-N."""
   out: dict[str, tuple[list[float], list[float]]] = {}
-  ev = results.get("evaluate")
-  if ev:
-    kl = ev.get("kl_to_reference", {})
-    names = {p["artifact_id"]: p["name"] for p in ev["players"]}
-    for artifact, name in names.items():
-      gold = ev["on_policy"][name].get("gold", {}).get("mean")
-      k = kl.get(name, {}).get("k3", 0.0) if isinstance(kl, Mapping) and name in kl else None
-      label = next((s for s in ("ppo", "dpo") if results.get(s, {}).get("artifact_id") == artifact), "sft")
-      if gold is not None and k is not None:
-        out[label] = ([float(k)], [float(gold)])
-  bon = results.get("best_of_n")
-  if bon:
-    rows = bon["per_n"]
-    out["best-of-N"] = ([r["kl/analytic"] for r in rows], [r["gold/best_mean"] for r in rows])
+  for row in frontier_rows(results):
+    xs, ys = out.setdefault(row.method, ([], []))
+    xs.append(row.kl)
+    ys.append(row.gold)
   return out
 
 
-def _plot_frontier(points, path: pathlib.Path) -> pathlib.Path:
+def _frontier_table(rows: list[FrontierRow]) -> list[str]:
+  """Markdown rows; each policy is compared with the SFT baseline measured on the same prompts."""
+  sft_row = next((r for r in rows if r.method == "sft"), None)
+  bon_base = next((r for r in rows if r.method == "best-of-N" and r.n == 1), None)
+  lines = ["| method | N | KL (nats) | gold reward +- s.e. | vs its SFT baseline | prompts |",
+           "|---|---|---|---|---|---|"]
+  for r in rows:
+    base = bon_base if r.method == "best-of-N" else sft_row
+    if base is None or base is r:
+      versus = "baseline"
+    else:
+      diff = r.gold - base.gold
+      versus = f"{diff:+.3f} ({diff / max(np.hypot(r.gold_stderr, base.gold_stderr), 1e-12):+.1f} s.e.)"
+    lines.append(f"| {r.method} | {r.n} | {r.kl:.2f} | {r.gold:.3f} +- {r.gold_stderr:.3f} | {versus} | "
+                 f"{r.num_prompts} |")
+  lines += ["", "Best-of-N is measured on its own prompt set, so its N = 1 row (plain SFT samples) is its "
+            "baseline; the s.e. of a difference treats the two means as independent.", ""]
+  return lines
+
+
+def _plot_frontier(rows: list[FrontierRow], path: pathlib.Path) -> pathlib.Path:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(6.0, 4.2))
   ax = fig.add_subplot(1, 1, 1)
-  for name, (x, y) in points.items():
-    ax.plot(x, y, marker="o", linestyle="-" if len(x) > 1 else "none", label=name, markersize=7)
+  for method in dict.fromkeys(r.method for r in rows):
+    mine = [r for r in rows if r.method == method]
+    ax.errorbar([r.kl for r in mine], [r.gold for r in mine], yerr=[r.gold_stderr for r in mine], marker="o",
+                linestyle="-" if len(mine) > 1 else "none", label=method, markersize=7, capsize=3)
   ax.set_xlabel("KL to the SFT policy (nats per response)")
-  ax.set_ylabel("gold reward (mean)")
+  ax.set_ylabel("gold reward (mean +- s.e.)")
   ax.set_title("gold reward vs KL")
   ax.grid(alpha=0.3)
   ax.legend()
@@ -176,15 +220,10 @@ def build_report(results: Results, timings: Mapping[str, float], workdir: pathli
            "the proxy reward model was trained to imitate). KL is to the SFT policy, in nats per response.", ""]
   lines += ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [""]
 
-  points = frontier_points(results)
-  if points:
-    _plot_frontier(points, figures / "frontier.png")
-    lines += ["## Gold reward vs KL", "", "![frontier](figures/frontier.png)", "",
-              "| method | KL | gold reward |", "|---|---|---|"]
-    for name, (x, y) in points.items():
-      for xi, yi in zip(x, y):
-        lines.append(f"| {name} | {xi:.3f} | {yi:.3f} |")
-    lines.append("")
+  rows = frontier_rows(results)
+  if rows:
+    _plot_frontier(rows, figures / "frontier.png")
+    lines += ["## Gold reward vs KL", "", "![frontier](figures/frontier.png)", ""] + _frontier_table(rows)
 
   bon = results.get("best_of_n")
   ppo_metrics = _read_metrics(workdir / "ppo" / "metrics.jsonl")
@@ -203,8 +242,11 @@ def build_report(results: Results, timings: Mapping[str, float], workdir: pathli
     _, gold = _series(ppo_metrics, "monitor/gold")
     _, kl = _series(ppo_metrics, "kl/ref")
     if proxy and gold and len(kl) == len(proxy) == len(gold):
-      plots.plot_curves({"proxy (reward model)": (kl, proxy), "gold": (kl, gold)}, figures / "ppo_proxy_gold.png",
-                        "KL to reference (nats)", "reward", title="PPO: proxy and gold reward along training")
+      window = max(1, len(kl) // 8)  # per-iteration rollouts are noisy: a running mean over iterations
+      smooth = lambda v: plots.moving_average(v, window)  # noqa: E731
+      plots.plot_curves({"proxy (reward model)": (smooth(kl), smooth(proxy)), "gold": (smooth(kl), smooth(gold))},
+                        figures / "ppo_proxy_gold.png", "KL to reference (nats)", "reward",
+                        title=f"PPO: proxy and gold reward (running mean of {window} iterations)")
       lines += ["![ppo](figures/ppo_proxy_gold.png)", ""]
 
   rm_dir = workdir / "reward_model"

@@ -37,8 +37,10 @@ import numpy as np  # noqa: E402
 
 from rlhf_jax.algorithms import metrics as metrics_lib  # noqa: E402
 from rlhf_jax.config import families  # noqa: E402
+from rlhf_jax.evaluation import plots  # noqa: E402
 
 logger = logging.getLogger("lab_ppo")
+STAGES = ("sft", "rm_good", "rm_weak", "ppo_good", "ppo_weak", "grpo")
 
 
 def run_stage(workdir: pathlib.Path, name: str, family: str, variant: str, overrides: dict) -> dict:
@@ -63,17 +65,12 @@ def run_stage(workdir: pathlib.Path, name: str, family: str, variant: str, overr
   return summary
 
 
-def smoothed(values: np.ndarray, window: int) -> np.ndarray:
-  window = max(1, min(window, len(values)))
-  return np.convolve(values, np.ones(window) / window, mode="valid")
-
-
 def curves(workdir: pathlib.Path, name: str, window: int) -> dict[str, np.ndarray]:
   records = metrics_lib.read_jsonl(workdir / name / "metrics.jsonl")
   get = lambda k: np.array([r.get(k, np.nan) for r in records], np.float64)  # noqa: E731
   out = {"kl": get("kl/ref"), "proxy": get("reward/raw_score"), "gold": get("monitor/gold"),
          "beta": get("kl/beta"), "length": get("rollout/response_length")}
-  return {k: smoothed(v, window) for k, v in out.items()}
+  return {k: plots.moving_average(v, window) for k, v in out.items()}
 
 
 def plot(workdir: pathlib.Path, runs: dict[str, dict[str, np.ndarray]]) -> pathlib.Path:
@@ -129,35 +126,55 @@ def main(argv=None) -> int:
   parser.add_argument("--grpo_lr", type=float, default=5e-5)
   parser.add_argument("--grpo_prompts", type=int, default=32)  # prompts per iteration (x 8 samples)
   parser.add_argument("--eval_prompts", type=int, default=128)
+  parser.add_argument("--until", choices=STAGES, default=STAGES[-1],
+                      help="stop after this stage (e.g. rm_weak: inspect the reward models before PPO)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   workdir = pathlib.Path(args.workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   test = args.scale == "test"
   v = "test" if test else ""
-  steps = (lambda n: min(n, 4)) if test else (lambda n: n)  # noqa: E731
 
-  sft = run_stage(workdir, "sft", "sft", v, {
+  def stage(name: str, family: str, overrides: dict) -> dict:
+    summary = run_stage(workdir, name, family, v, overrides)
+    if name == args.until:
+      raise _StopAfter(name)
+    return summary
+
+  try:
+    return _run_all(args, workdir, stage, test)
+  except _StopAfter as stop:
+    logger.info("stopped after stage %s (--until); re-run without --until to continue", stop)
+    return 0
+
+
+class _StopAfter(Exception):
+  pass
+
+
+def _run_all(args, workdir: pathlib.Path, stage, test: bool) -> int:
+  steps = (lambda n: min(n, 4)) if test else (lambda n: n)  # noqa: E731
+  sft = stage("sft", "sft", {
       "train.total_steps": steps(args.sft_steps), "optimizer.total_steps": steps(args.sft_steps),
       "lab.num_arithmetic_sft_train": 64 if test else 3_000, "lab.num_arithmetic_sft_eval": 16 if test else 128})
   policy = sft["artifact_id"]
-  rm_good = run_stage(workdir, "rm_good", "reward_model", v, {
+  rm_good = stage("rm_good", "reward_model", {
       "init.sft_checkpoint": policy, "train.total_steps": steps(args.rm_steps),
       "optimizer.total_steps": steps(args.rm_steps)})
-  rm_weak = run_stage(workdir, "rm_weak", "reward_model", v, {
+  rm_weak = stage("rm_weak", "reward_model", {
       "name": "weak_reward_model", "init.sft_checkpoint": policy, "lab.num_preferences_train": args.weak_rm_pairs,
       "train.total_steps": steps(args.weak_rm_steps), "optimizer.total_steps": steps(args.weak_rm_steps),
       "train.early_stopping_metric": ""})
   ppo_common = {"init.policy_artifact": policy, "train.sample_every": 10, "checkpoint.every": 1000,
                 "reward.monitor_gold": True}
-  ppo_good = run_stage(workdir, "ppo_good", "ppo", v, {
+  ppo_good = stage("ppo_good", "ppo", {
       **ppo_common, "reward.source": f"reward_model:{rm_good['artifact_id']}",
       "train.total_steps": steps(args.ppo_iterations), "kl.init_beta": 0.05, "kl.target": 6.0})
-  ppo_weak = run_stage(workdir, "ppo_weak", "ppo", v, {
+  ppo_weak = stage("ppo_weak", "ppo", {
       **ppo_common, "reward.source": f"reward_model:{rm_weak['artifact_id']}",
       "train.total_steps": steps(args.ppo_iterations), "kl.controller": "fixed", "kl.init_beta": args.weak_beta,
       "optimizer.lr": 1e-4})
-  grpo = run_stage(workdir, "grpo", "grpo", v, {
+  grpo = stage("grpo", "grpo", {
       "init.policy_artifact": policy, "train.total_steps": steps(args.grpo_iterations), "train.sample_every": 10,
       "checkpoint.every": 1000, "optimizer.lr": args.grpo_lr,
       "rollout.num_prompts": 8 if test else args.grpo_prompts, "algo.num_minibatches": 2 if test else 4})

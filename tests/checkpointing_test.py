@@ -139,6 +139,18 @@ def test_keep_last_n_without_best_metric(tmp_path):
     assert manager.all_steps() == [3, 4] and manager.best_step() is None
 
 
+def test_delete_removes_one_step_and_names_missing_ones(tmp_path):
+  with CheckpointManager(tmp_path, max_to_keep=3) as manager:
+    for step in (1, 2, 3):
+      manager.save(step, _small_state(step))
+    manager.delete(2)  # waits for the async saves first
+    assert manager.all_steps() == [1, 3]
+    with pytest.raises(ValueError, match=r"no checkpoint at step 2 .*\[1, 3\]"):
+      manager.delete(2)
+    restored, _ = manager.restore(3, _target(_small_state()))
+    np.testing.assert_array_equal(restored.params["b"], np.full((3,), 3.0))
+
+
 def test_partial_tmp_checkpoint_is_reported_and_removed(tmp_path, caplog):
   with CheckpointManager(tmp_path, async_save=False) as manager:
     manager.save(3, _small_state(3))

@@ -207,3 +207,13 @@ def test_jsonl_rewind_and_torn_lines(tmp_path):
   (tmp_path / "broken.jsonl").write_text('{"step": 1}\nnot json\n')
   with pytest.raises(ValueError, match="broken.jsonl:2"):
     metrics.read_jsonl(tmp_path / "broken.jsonl")
+
+
+def test_logging_writer_logs_every_nth_step_and_every_evaluation(caplog):
+  writer = metrics.LoggingWriter(every=3)
+  with caplog.at_level(logging.INFO, logger=metrics.logger.name):
+    for step in range(1, 8):
+      writer.write_scalars(step, {"loss/total": float(step)})
+    writer.write_scalars(7, {"eval/loss": 0.5})
+  logged = [r.getMessage() for r in caplog.records]
+  assert logged == ["step 3: loss/total=3", "step 6: loss/total=6", "step 7: eval/loss=0.5"]

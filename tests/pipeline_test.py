@@ -36,3 +36,23 @@ def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
     assert summary[stage]["artifact_id"] in registered
   points = pipeline.frontier_points(summary)
   assert set(points) == {"sft", "ppo", "dpo", "best-of-N"}
+
+
+def test_frontier_rows_pair_each_policy_with_its_own_baseline():
+  results = {
+      "ppo": {"artifact_id": "ppo@1"}, "dpo": {"artifact_id": "dpo@1"},
+      "evaluate": {"num_prompts": 128, "players": [{"name": "reference", "artifact_id": "sft@1"},
+                                                   {"name": "ppo@1", "artifact_id": "ppo@1"}],
+                   "kl_to_reference": {"reference": {"k3": 0.0}, "ppo@1": {"k3": 5.0}},
+                   "on_policy": {"reference": {"gold": {"mean": 0.3, "stderr": 0.3}},
+                                 "ppo@1": {"gold": {"mean": 1.5, "stderr": 0.4}}}},
+      "best_of_n": {"num_prompts": 64, "per_n": [
+          {"n": 1, "kl/analytic": 0.0, "gold/best_mean": 0.2, "gold/best_stderr": 0.1},
+          {"n": 4, "kl/analytic": 0.64, "gold/best_mean": 0.8, "gold/best_stderr": 0.1}]}}
+  rows = pipeline.frontier_rows(results)
+  assert [(r.method, r.n, r.num_prompts) for r in rows] == [
+      ("sft", 1, 128), ("ppo", 1, 128), ("best-of-N", 1, 64), ("best-of-N", 4, 64)]
+  table = "\n".join(pipeline._frontier_table(rows))  # pylint: disable=protected-access
+  assert "| ppo | 1 | 5.00 | 1.500 +- 0.400 | +1.200 (+2.4 s.e.) | 128 |" in table  # 1.2 / hypot(.3, .4)
+  assert "| best-of-N | 4 | 0.64 | 0.800 +- 0.100 | +0.600 (+4.2 s.e.) | 64 |" in table  # vs N=1, not SFT
+  assert pipeline.frontier_points(results)["best-of-N"] == ([0.0, 0.64], [0.2, 0.8])

@@ -27,3 +27,11 @@ def test_curves_png(tmp_path):
     plots.plot_curves({"bad": ([1, 2], [1, 2, 3])}, tmp_path / "bad.png", "x", "y")
   with pytest.raises(ValueError, match="at least one series"):
     plots.plot_curves({}, tmp_path / "empty.png", "x", "y")
+
+
+def test_moving_average_matches_a_loop_and_clamps_the_window():
+  values = np.array([1.0, 4.0, 2.0, 8.0, 5.0])
+  want = [np.mean(values[i:i + 3]) for i in range(3)]
+  np.testing.assert_allclose(plots.moving_average(values, 3), want)
+  np.testing.assert_allclose(plots.moving_average(values, 1), values)
+  np.testing.assert_allclose(plots.moving_average(values, 99), [values.mean()])  # window > len: one mean

@@ -333,7 +333,7 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     initial = eval_fn(state, 0)
     logger.info("before training: %s", json.dumps(initial, sort_keys=True))
   manager = run_setup.checkpoint_manager_from_config(config.checkpoint, workdir, name="dpo")
-  writer = metrics_lib.make_writers(workdir)
+  writer = metrics_lib.make_writers(workdir, log_every=config.train.log_every)
   result = host_loop.run_loop(
       state=state, step_fn=train_step, batches=iter(loader), total_steps=config.train.total_steps,
       base_key=jax.random.key(config.seed + 1), writer=writer, checkpoint_manager=manager,

@@ -169,14 +169,17 @@ class TensorBoardWriter:
 
 
 class LoggingWriter:
-  """Writes `step 12: loss/total=0.52 ...` lines to Python logging every `every` steps."""
+  """Writes `step 12: loss/total=0.52 ...` lines to Python logging every `every` steps.
+
+  Writes carrying evaluation results (a key starting with "eval") are logged whatever the step.
+  """
 
   def __init__(self, every: int = 1, level: int = logging.INFO):
     self._every = max(int(every), 1)
     self._level = level
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    if step % self._every == 0:
+    if step % self._every == 0 or any(k.startswith("eval") for k in scalars):
       text = " ".join(f"{k}={v:.6g}" for k, v in sorted(scalars.items()))
       logger.log(self._level, "step %d: %s", step, text)
 

@@ -372,7 +372,7 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: str | os.Path
     return {f"eval/{k}": v for k, v in flat.items() if math.isfinite(v)}
 
   manager = run_setup.checkpoint_manager_from_config(config.checkpoint, workdir, name=config.name)
-  writer = metrics_lib.make_writers(workdir)
+  writer = metrics_lib.make_writers(workdir, log_every=config.train.log_every)
   stopper = EarlyStopping(config.train.early_stopping_mode, config.train.early_stopping_patience,
                           config.train.early_stopping_min_delta)
   metric = config.train.early_stopping_metric

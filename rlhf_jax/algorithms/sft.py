@@ -296,7 +296,7 @@ def train_sft(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return {"eval/loss": total / max(count, 1.0), "eval/perplexity": float(np.exp(total / max(count, 1.0)))}
 
   manager = run_setup.checkpoint_manager_from_config(config.checkpoint, workdir, name="sft")
-  writer = metrics_lib.make_writers(workdir)
+  writer = metrics_lib.make_writers(workdir, log_every=config.train.log_every)
   result = host_loop.run_loop(
       state=state, step_fn=step_fn, batches=iter(loader), total_steps=config.train.total_steps,
       base_key=jax.random.key(config.seed + 1), writer=writer, checkpoint_manager=manager,

@@ -285,6 +285,13 @@ class CheckpointManager:
       multihost_utils.sync_global_devices(f"checkpoint_quarantine_{step}")
     self._manager.reload()
 
+  def delete(self, step: int) -> None:
+    """Deletes the checkpoint at `step` (waiting for any save in flight first)."""
+    self.wait()
+    if step not in self.all_steps():
+      raise ValueError(f"no checkpoint at step {step} in {self._directory}; have {self.all_steps()}")
+    self._manager.delete(step)
+
   def wait(self) -> None:
     """Blocks until the pending asynchronous save has been committed."""
     self._manager.wait_until_finished()

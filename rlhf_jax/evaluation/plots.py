@@ -18,6 +18,17 @@ from rlhf_jax.evaluation import calibration
 Series = Union[npt.ArrayLike, tuple[npt.ArrayLike, npt.ArrayLike]]
 
 
+def moving_average(values: npt.ArrayLike, window: int) -> np.ndarray:
+  """Means of each `window` consecutive values ("valid" part only: len - window + 1 of them).
+
+  Noisy per-iteration curves (proxy and gold reward against KL) read better smoothed; smooth x and y
+  with the same window so the points stay paired.
+  """
+  values = np.asarray(values, np.float64)
+  window = max(1, min(int(window), values.size))
+  return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
 def _new_figure(figsize: tuple[float, float]):
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top

@@ -211,7 +211,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
   ref_params = state_lib.frozen_copy(state.policy.params, trainer.policy_shardings.params)
 
   manager = run_setup.checkpoint_manager_from_config(config.checkpoint, workdir, name="ppo")
-  writer = metrics_lib.make_writers(workdir)
+  writer = metrics_lib.make_writers(workdir, log_every=config.train.log_every)
   dataset_id = f"lab_{config.prompts.task}_prompts@seed{config.lab.seed}x{config.prompts.num}"
   result = trainer.run(state, ref_params, prompts, config.train.total_steps,
                        base_key=jax.random.key(config.seed + 1), writer=writer, manager=manager, workdir=workdir,

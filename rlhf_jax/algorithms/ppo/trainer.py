@@ -400,7 +400,7 @@ def _discard_after(manager: manager_lib.CheckpointManager, step: int) -> None:
   manager.wait()
   for later in manager.all_steps():
     if later > step:
-      manager._manager.delete(later)  # pylint: disable=protected-access  (no public delete yet)
+      manager.delete(later)
 
 
 def _mean_nll(accumulation_output):
