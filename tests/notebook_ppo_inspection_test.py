@@ -82,8 +82,8 @@ def test_session_errors(tmp_path):
   config = environment.load_config("ppo", "test", {"init.allow_random_init": False})
   with pytest.raises(ValueError, match="init.policy_artifact is empty"):
     ppo_inspection.build_ppo_session(config, tmp_path / "a")
-  config = environment.load_config("ppo", "test", {"ptx.coef": 0.5, "ptx.batch_size": 16})
-  with pytest.raises(ValueError, match="ptx.coef"):
+  config = environment.load_config("ppo", "test", {"value.init": "reward_model"})  # source is "gold"
+  with pytest.raises(ValueError, match="value.init='reward_model' needs reward.source"):
     ppo_inspection.build_ppo_session(config, tmp_path / "b")
 
 

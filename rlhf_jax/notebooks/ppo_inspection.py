@@ -3,9 +3,9 @@
 Acronyms: PPO = Proximal Policy Optimization; KL = Kullback-Leibler; GAE = Generalized Advantage
 Estimation; SFT = Supervised Fine-Tuning; RM = reward model.
 
-`build_ppo_session(config, workdir)` performs the set-up of `algorithms.ppo.run.train_ppo` (SFT
-policy artifact, frozen reference, reward source, value model, the `PPOTrainer`) and stops before
-training, so a notebook can look at a rollout before and after some iterations (`run_iterations`).
+`build_ppo_session(config, workdir)` performs the set-up of `algorithms.ppo.run.train_ppo` (its
+`build_trainer`: SFT policy artifact, frozen reference, reward source, value model, the `PPOTrainer`)
+and stops before training, so a notebook can look at a rollout before and after some iterations (`run_iterations`).
 
 `inspect_rollout` runs the trainer's own jitted phases on one batch of prompts (generate with the
 EOS trick, the policy / reference / critic forward passes, reward scoring and `build_experience`)
@@ -32,11 +32,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from rlhf_jax import models, ops, sharding
-from rlhf_jax.algorithms import metrics as metrics_lib, policy_loading, run_setup
-from rlhf_jax.algorithms.ppo import advantages as advantages_lib, rewards as rewards_lib, run as ppo_run
-from rlhf_jax.algorithms.ppo import state as state_lib, tf_adam, trainer as trainer_lib
-from rlhf_jax.config import model_config_from
+from rlhf_jax import ops, sharding
+from rlhf_jax.algorithms import metrics as metrics_lib
+from rlhf_jax.algorithms.ppo import rewards as rewards_lib, run as ppo_run
+from rlhf_jax.algorithms.ppo import state as state_lib, trainer as trainer_lib
 from rlhf_jax.data.tokenizer import Tokenizer
 
 PyTree = Any
@@ -54,55 +53,14 @@ class PPOSession(NamedTuple):
 
 
 def build_ppo_session(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> PPOSession:
-  """`train_ppo`'s set-up without checkpoints or iterations (configs/ppo.py; module docstring).
+  """`train_ppo`'s set-up (`ppo_run.build_trainer`) without checkpoints or iterations.
 
   Raises:
-    ValueError as `train_ppo` does (empty init.policy_artifact without allow_random_init, bad
-    fields), and for ptx.coef > 0 (PPO-ptx is not part of the session: use `train_ppo`).
+    ValueError as `train_ppo` does (empty init.policy_artifact without allow_random_init, bad fields).
   """
-  workdir = pathlib.Path(workdir).absolute()
-  ppo_run.validate_and_derive(config)
-  if not config.init.policy_artifact and not config.init.allow_random_init:
-    raise ValueError("init.policy_artifact is empty: PPO starts from the SFT policy; give the artifact id "
-                     "printed by train_sft (or set init.allow_random_init for smoke tests)")
-  if config.ptx.coef > 0:
-    raise ValueError("ptx.coef > 0: PPO-ptx is not part of build_ppo_session; use train_ppo")
-  workdir.mkdir(parents=True, exist_ok=True)
-  mesh, rules = run_setup.mesh_from_config(config.mesh), run_setup.rules_from_config(config.mesh)
-  registry_dir = run_setup.registry_dir(workdir, config.registry_dir)
-  if config.init.policy_artifact:
-    loaded = policy_loading.load_policy(registry_dir, config.init.policy_artifact, mesh=mesh, rules=rules)
-    model_cfg, params, tokenizer = loaded.model.config, loaded.params, loaded.tokenizer
-  else:  # smoke tests: random init and a tokenizer trained on the lab corpus
-    from rlhf_jax.algorithms import sft  # pylint: disable=g-import-not-at-top
-    records = sft.lab_sft_records(config.lab)["train"]
-    tokenizer = run_setup.tokenizer_from_config(config.tokenizer, workdir,
-                                                lambda: [r["prompt"] + " " + r["response"] for r in records])
-    model_cfg = model_config_from(config.model, vocab_size=tokenizer.vocab_size)
-    params = state_lib.unboxed_init(models.CausalLM(model_cfg), jax.random.key(config.seed))
-  settings = ppo_run.settings_from_config(config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-  prompts = ppo_run.lab_prompt_set(config, tokenizer)
-  source, monitors = ppo_run.reward_and_monitors(config, registry_dir, tokenizer)
-  value_init, reward_params = config.value.init, None
-  if advantages_lib.needs_critic(settings.advantage):
-    is_rm = config.reward.source.startswith("reward_model:")
-    if value_init == "auto":
-      value_init = "reward_model" if is_rm else "policy"
-    if value_init == "reward_model":
-      if not is_rm:
-        raise ValueError(f"value.init='reward_model' needs reward.source='reward_model:<id>', got "
-                         f"{config.reward.source!r}")
-      from rlhf_jax.algorithms import rm_scoring  # pylint: disable=g-import-not-at-top
-      reward_params = rm_scoring.load_scorer(config.reward.source.partition(":")[2], registry_dir).params
-  trainer = trainer_lib.PPOTrainer(
-      settings, policy_model=models.CausalLM(model_cfg, mesh=mesh, rules=rules),
-      value_model=models.ScalarModel(model_cfg, mesh=mesh, rules=rules), reward_source=source,
-      policy_tx=tf_adam.make_optimizer(config.optimizer)[0], value_tx=tf_adam.make_optimizer(config.value_optimizer)[0],
-      mesh=mesh, rules=rules, decode=tokenizer.decode_batch, monitors=monitors)
-  state = trainer.init_state(params, jax.random.key(config.seed), value_init=value_init, reward_params=reward_params)
-  ref_params = state_lib.frozen_copy(state.policy.params, trainer.policy_shardings.params)
-  return PPOSession(trainer=trainer, state=state, ref_params=ref_params, prompts=prompts, tokenizer=tokenizer,
-                    config=config, workdir=workdir)
+  setup = ppo_run.build_trainer(config, workdir)
+  return PPOSession(trainer=setup.trainer, state=setup.state, ref_params=setup.ref_params, prompts=setup.prompts,
+                    tokenizer=setup.tokenizer, config=config, workdir=setup.workdir)
 
 
 def run_iterations(session: PPOSession, num_iterations: int, state: Optional[state_lib.PPOState] = None

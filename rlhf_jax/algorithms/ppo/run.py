@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -31,6 +31,7 @@ from rlhf_jax.data import chat
 
 logger = logging.getLogger(__name__)
 VALUE_INITS = ("auto",) + state_lib.VALUE_INITS
+PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +144,54 @@ def reward_and_monitors(config: ml_collections.ConfigDict, registry_dir: Any, to
   return source, monitors
 
 
-def train_ppo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Runs PPO (or GRPO / RLOO: `advantage.estimator`) from the SFT policy on lab prompts."""
+class PPOSetup(NamedTuple):
+  """Everything `train_ppo` builds before its first iteration (see `build_trainer`)."""
+  trainer: trainer_lib.PPOTrainer
+  state: state_lib.PPOState  # iteration 0: policy = SFT parameters, critic per `value.init`
+  ref_params: PyTree  # the frozen reference policy (a separate copy of the SFT parameters)
+  prompts: trainer_lib.PromptSet
+  tokenizer: Any
+  model_config: models.ModelConfig
+  tokenizer_path: str
+  lineage: list[str]  # artifact ids the policy descends from
+  registry_dir: Any
+  workdir: pathlib.Path
+
+
+def _resolve_value_init(config: ml_collections.ConfigDict, settings: trainer_lib.PPOSettings, model_cfg: Any,
+                        registry_dir: Any) -> tuple[str, Optional[PyTree]]:
+  """(value init, reward-model params or None) from `value.init` ("auto": the RM when it fits, else the policy)."""
+  value_init = config.value.init
+  if not advantages_lib.needs_critic(settings.advantage):
+    return value_init, None
+  is_rm = config.reward.source.startswith("reward_model:")
+  if value_init == "reward_model" and not is_rm:
+    raise ValueError(f"value.init='reward_model' needs reward.source='reward_model:<id>', got "
+                     f"{config.reward.source!r}")
+  reward_params = None
+  if is_rm and value_init in ("auto", "reward_model"):
+    from rlhf_jax.algorithms import rm_scoring  # pylint: disable=g-import-not-at-top
+    scorer = rm_scoring.load_scorer(config.reward.source.partition(":")[2], registry_dir)
+    usable = scorer.model_config == model_cfg and not scorer.num_members
+    if not usable and value_init == "reward_model":
+      raise ValueError("value.init='reward_model' needs a single reward model with the policy's model config "
+                       f"(got {scorer.num_members or 1} member(s), same config: {scorer.model_config == model_cfg}); "
+                       "use value.init='policy'")
+    value_init = "reward_model" if usable else "policy"
+    reward_params = scorer.params if usable else None
+  elif value_init == "auto":
+    value_init = "policy"
+  logger.info("value model initialised from the %s", "reward model" if value_init == "reward_model"
+              else "policy trunk with a zero head")
+  return value_init, reward_params
+
+
+def build_trainer(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> PPOSetup:
+  """Validates the config and builds the trainer, its initial state and the frozen reference.
+
+  SFT policy artifact (or, for smoke tests, random init with a lab-trained tokenizer) -> lab prompts
+  -> reward source and gold monitor -> value model init -> PPO-ptx rows -> `PPOTrainer`.
+  """
   workdir = pathlib.Path(workdir).absolute()
   validate_and_derive(config)
   if not config.init.policy_artifact and not config.init.allow_random_init:
@@ -168,33 +215,10 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     params = state_lib.unboxed_init(models.CausalLM(model_cfg), jax.random.key(config.seed))
     tokenizer_path = config.tokenizer.path or str(workdir / "tokenizer.model")
     lineage = []
-  policy_model = models.CausalLM(model_cfg, mesh=mesh, rules=rules)
-  value_model = models.ScalarModel(model_cfg, mesh=mesh, rules=rules)
   settings = settings_from_config(config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-
   prompts = lab_prompt_set(config, tokenizer)
   source, monitors = reward_and_monitors(config, registry_dir, tokenizer)
-
-  value_init, reward_params = config.value.init, None
-  if advantages_lib.needs_critic(settings.advantage):
-    is_rm = config.reward.source.startswith("reward_model:")
-    if value_init == "reward_model" and not is_rm:
-      raise ValueError(f"value.init='reward_model' needs reward.source='reward_model:<id>', got "
-                       f"{config.reward.source!r}")
-    if is_rm and value_init in ("auto", "reward_model"):
-      from rlhf_jax.algorithms import rm_scoring  # pylint: disable=g-import-not-at-top
-      scorer = rm_scoring.load_scorer(config.reward.source.partition(":")[2], registry_dir)
-      usable = scorer.model_config == model_cfg and not scorer.num_members
-      if not usable and value_init == "reward_model":
-        raise ValueError("value.init='reward_model' needs a single reward model with the policy's model config "
-                         f"(got {scorer.num_members or 1} member(s), same config: {scorer.model_config == model_cfg}); "
-                         "use value.init='policy'")
-      value_init = "reward_model" if usable else "policy"
-      reward_params = scorer.params if usable else None
-    elif value_init == "auto":
-      value_init = "policy"
-    logger.info("value model initialised from the %s", "reward model" if value_init == "reward_model"
-                else "policy trunk with a zero head")
+  value_init, reward_params = _resolve_value_init(config, settings, model_cfg, registry_dir)
 
   ptx_rows = None
   if config.ptx.coef > 0:  # PPO-ptx (item 20): SFT rows from the lab demonstrations
@@ -202,31 +226,41 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     ids, masks = sft.tokenize_sft(sft.lab_sft_records(config.lab)["train"], tokenizer)
     ptx_rows, _ = sft.make_rows(ids, masks, seq_len=config.ptx.seq_len, pad_id=tokenizer.pad_id, pack=False)
 
-  policy_tx, _ = tf_adam.make_optimizer(config.optimizer)
-  value_tx, _ = tf_adam.make_optimizer(config.value_optimizer)
-  trainer = trainer_lib.PPOTrainer(settings, policy_model=policy_model, value_model=value_model, reward_source=source,
-                                   policy_tx=policy_tx, value_tx=value_tx, mesh=mesh, rules=rules,
-                                   decode=tokenizer.decode_batch, monitors=monitors, ptx_rows=ptx_rows)
+  trainer = trainer_lib.PPOTrainer(
+      settings, policy_model=models.CausalLM(model_cfg, mesh=mesh, rules=rules),
+      value_model=models.ScalarModel(model_cfg, mesh=mesh, rules=rules), reward_source=source,
+      policy_tx=tf_adam.make_optimizer(config.optimizer)[0], value_tx=tf_adam.make_optimizer(config.value_optimizer)[0],
+      mesh=mesh, rules=rules, decode=tokenizer.decode_batch, monitors=monitors, ptx_rows=ptx_rows)
   state = trainer.init_state(params, jax.random.key(config.seed), value_init=value_init, reward_params=reward_params)
   ref_params = state_lib.frozen_copy(state.policy.params, trainer.policy_shardings.params)
+  return PPOSetup(trainer=trainer, state=state, ref_params=ref_params, prompts=prompts, tokenizer=tokenizer,
+                  model_config=model_cfg, tokenizer_path=tokenizer_path, lineage=lineage, registry_dir=registry_dir,
+                  workdir=workdir)
 
+
+def train_ppo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Runs PPO (or GRPO / RLOO: `advantage.estimator`) from the SFT policy on lab prompts."""
+  setup = build_trainer(config, workdir)
+  workdir, tokenizer = setup.workdir, setup.tokenizer
   manager = run_setup.checkpoint_manager_from_config(config.checkpoint, workdir, name="ppo")
   writer = metrics_lib.make_writers(workdir, log_every=config.train.log_every)
   dataset_id = f"lab_{config.prompts.task}_prompts@seed{config.lab.seed}x{config.prompts.num}"
-  result = trainer.run(state, ref_params, prompts, config.train.total_steps,
-                       base_key=jax.random.key(config.seed + 1), writer=writer, manager=manager, workdir=workdir,
-                       config=config, metadata={"seed": config.seed, "dataset_ids": [dataset_id],
-                                                "tokenizer_id": tokenizer.id})
+  result = setup.trainer.run(setup.state, setup.ref_params, setup.prompts, config.train.total_steps,
+                             base_key=jax.random.key(config.seed + 1), writer=writer, manager=manager,
+                             workdir=workdir, config=config,
+                             metadata={"seed": config.seed, "dataset_ids": [dataset_id], "tokenizer_id": tokenizer.id})
   manager.close()
   writer.close()
   final = result.state
   export = final.policy.params if final.policy_ema is None else final.policy_ema
+  estimator = config.advantage.estimator
   record = run_setup.export_and_register(
-      workdir=workdir, registry_path=registry_dir, kind="policy", name=f"{config.advantage.estimator}_policy"
-      if config.advantage.estimator != "gae" else "ppo_policy", params=export,
-      record={"model_config": model_cfg.to_dict(), "tokenizer_path": tokenizer_path, "tokenizer_id": tokenizer.id,
-              "dataset_ids": [dataset_id], "parents": lineage, "reward_source": config.reward.source,
-              "step": int(jax.device_get(final.iteration)), "code_version": artifacts.code_version()})
+      workdir=workdir, registry_path=setup.registry_dir, kind="policy",
+      name="ppo_policy" if estimator == "gae" else f"{estimator}_policy", params=export,
+      record={"model_config": setup.model_config.to_dict(), "tokenizer_path": setup.tokenizer_path,
+              "tokenizer_id": tokenizer.id, "dataset_ids": [dataset_id], "parents": setup.lineage,
+              "reward_source": config.reward.source, "step": int(jax.device_get(final.iteration)),
+              "code_version": artifacts.code_version()})
   keys = ("reward/raw_score", "kl/ref", "kl/beta", "rollout/response_length", "rollout/eos_fraction",
           "monitor/gold", "time/generation_share", "time/iteration_s")
   first, last = (result.history[0], result.history[-1]) if result.history else ({}, {})
