@@ -1,7 +1,7 @@
 """DPO-family training (DPO = Direct Preference Optimization) on the lab's annotator preferences.
 
   python experiments/train_dpo.py --config configs/dpo.py --workdir runs/dpo \
-      --config.init.sft_checkpoint=sft_policy@<12 hex>          # the artifact id train_sft printed
+      --config.init.policy_artifact=sft_policy@<12 hex>          # the artifact id train_sft printed
   python experiments/train_dpo.py --config configs/dpo.py:test --workdir /tmp/dpo   # seconds
   ... --config.algo.beta=0.05 --config.algo.loss=ipo --config.reference.mode=precomputed
 
@@ -15,7 +15,7 @@ from rlhf_jax.config import checkpoint_section, lab_section, mesh_section, model
 
 TRAINER = "rlhf_jax.algorithms.dpo_train:train_dpo"  # run(config, workdir) -> summary
 VARIANTS = ("", "test") + pods.POD_VARIANTS
-REQUIRES = {"init.sft_checkpoint": "sft"}  # filled with the SFT artifact id by the pipeline and tests
+REQUIRES = {"init.policy_artifact": "sft"}  # filled with the SFT artifact id by the pipeline and tests
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -30,7 +30,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # The registered SFT policy artifact (id such as "sft_policy@1a2b3c4d5e6f", or the path of its record
   # JSON) that initialises BOTH the policy and the frozen reference; its model config and tokenizer are
   # used and the `model` / `tokenizer` sections below are ignored (except model.compute_dtype/remat).
-  config.init.sft_checkpoint = ""
+  config.init.policy_artifact = ""
   # Without an SFT artifact, start policy and reference from the same random init (tests, smoke runs).
   config.init.allow_random_init = test
 

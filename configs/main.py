@@ -7,7 +7,7 @@
 Stage sections are the families' own configs (configs/<family>.py) with sizes trimmed so the whole
 pipeline fits in about ten minutes on a 2-core CPU (measured: 11 min 21 s wall on an idle 2-core
 machine with a cold compilation cache; stages 141/123/139/137/109/28 s). The pipeline fills the artifact-id fields
-(init.sft_checkpoint, reward sources, policies) itself.
+(init.policy_artifact, reward sources, policies) itself.
 """
 import ml_collections
 

@@ -3,7 +3,7 @@ stopping, calibration and normalisation, optionally as an ensemble.
 
   python experiments/train_reward_model.py --config configs/reward_model.py --workdir runs/rm
   python experiments/train_reward_model.py --config configs/reward_model.py:test --workdir /tmp/rm
-  ... --config.init.sft_checkpoint=sft_policy@<12 hex>        # start the trunk from the SFT policy
+  ... --config.init.policy_artifact=sft_policy@<12 hex>        # start the trunk from the SFT policy
   ... --config.ensemble.size=4 --config.ensemble.bootstrap=True
   ... --config.data.annotators_per_pair=3 --config.data.aggregation=dawid_skene
 
@@ -32,7 +32,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # A registered SFT policy artifact (id like "sft_policy@1a2b3c4d5e6f", or its record JSON path):
   # the RM's decoder trunk starts from it and its model config and tokenizer are used (the `model`
   # and `tokenizer` sections are then ignored except model.compute_dtype / remat). "" = random init.
-  config.init.sft_checkpoint = ""
+  config.init.policy_artifact = ""
 
   # Decoder hyper-parameters for random init; vocab_size -1 takes the (lab-trained) tokenizer's size.
   config.model = model_section("test" if test else "tiny", vocab_size=-1)

@@ -1,7 +1,7 @@
 """DPO-family training entry point (DPO = Direct Preference Optimization).
 
   python experiments/train_dpo.py --config configs/dpo.py --workdir runs/dpo \
-      --config.init.sft_checkpoint=sft_policy@<12 hex>
+      --config.init.policy_artifact=sft_policy@<12 hex>
 """
 from absl import app, flags
 from ml_collections import config_flags

@@ -31,7 +31,7 @@ def _sft(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, done: Results) -
 
 
 def _reward_model(cfg, workdir, done):
-  cfg.reward_model.init.sft_checkpoint = done["sft"]["artifact_id"]
+  cfg.reward_model.init.policy_artifact = done["sft"]["artifact_id"]
   return reward_model_train.train_reward_model(cfg.reward_model, workdir / "reward_model")
 
 
@@ -42,7 +42,7 @@ def _ppo(cfg, workdir, done):
 
 
 def _dpo(cfg, workdir, done):
-  cfg.dpo.init.sft_checkpoint = done["sft"]["artifact_id"]
+  cfg.dpo.init.policy_artifact = done["sft"]["artifact_id"]
   return dpo_train.train_dpo(cfg.dpo, workdir / "dpo")
 
 

@@ -68,7 +68,7 @@ def train_proxy(workdir: pathlib.Path) -> str:
     config.model.preset = _RM_PRESET.value
     config.optimizer.lr = 1e-3
   else:
-    config.init.sft_checkpoint = _POLICY.value
+    config.init.policy_artifact = _POLICY.value
   return reward_model_train.train_reward_model(config, workdir / "reward_model")["artifact_id"]
 
 

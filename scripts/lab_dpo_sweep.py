@@ -82,7 +82,7 @@ def main(argv=None) -> None:
   results = {"sft_artifact": artifact, "sft": sft_summary and sft_summary["final"], "runs": []}
   for beta in [float(b) for b in args.betas.split(",")]:
     cfg = load_sibling(str(configs), "dpo").get_config(args.variant)
-    cfg.init.sft_checkpoint = artifact
+    cfg.init.policy_artifact = artifact
     cfg.init.allow_random_init = False
     cfg.algo.loss = args.loss
     cfg.algo.beta = beta

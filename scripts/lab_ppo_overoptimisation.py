@@ -159,10 +159,10 @@ def _run_all(args, workdir: pathlib.Path, stage, test: bool) -> int:
       "lab.num_arithmetic_sft_train": 64 if test else 3_000, "lab.num_arithmetic_sft_eval": 16 if test else 128})
   policy = sft["artifact_id"]
   rm_good = stage("rm_good", "reward_model", {
-      "init.sft_checkpoint": policy, "train.total_steps": steps(args.rm_steps),
+      "init.policy_artifact": policy, "train.total_steps": steps(args.rm_steps),
       "optimizer.total_steps": steps(args.rm_steps)})
   rm_weak = stage("rm_weak", "reward_model", {
-      "name": "weak_reward_model", "init.sft_checkpoint": policy, "lab.num_preferences_train": args.weak_rm_pairs,
+      "name": "weak_reward_model", "init.policy_artifact": policy, "lab.num_preferences_train": args.weak_rm_pairs,
       "train.total_steps": steps(args.weak_rm_steps), "optimizer.total_steps": steps(args.weak_rm_steps),
       "train.early_stopping_metric": ""})
   ppo_common = {"init.policy_artifact": policy, "train.sample_every": 10, "checkpoint.every": 1000,

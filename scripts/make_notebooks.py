@@ -195,7 +195,7 @@ report compares it with the annotators' labels and with gold, before and after c
           from rlhf_jax.algorithms import reward_model_train
 
           rm_config = MAIN.reward_model
-          rm_config.init.sft_checkpoint = SFT_POLICY
+          rm_config.init.policy_artifact = SFT_POLICY
           rm_summary = reward_model_train.train_reward_model(rm_config, WORKDIR / "reward_model")
           REWARD_MODEL = rm_summary["artifact_id"]
           print("reward model artifact:", REWARD_MODEL, "stopped:", rm_summary["stop_reason"])
@@ -229,7 +229,7 @@ the reference."""),
           from rlhf_jax.algorithms import dpo_train
 
           dpo_config = MAIN.dpo
-          dpo_config.init.sft_checkpoint = SFT_POLICY
+          dpo_config.init.policy_artifact = SFT_POLICY
           dpo = dpo_train.train_dpo(dpo_config, WORKDIR / "dpo")
           keys = ["eval/kl/full", "eval/gold/total", "eval/pref/rewards/accuracy", "eval/sample/length"]
           display.show_table([{"policy": "start (the SFT reference)", **{k: dpo["initial"][k] for k in keys}},
@@ -333,7 +333,7 @@ panel member each. The trainer's own report evaluates it on held-out pairs."""),
           sft_config = environment.load_config("sft", SCALE, SFT_OVERRIDES)
           sft_summary = sft.train_sft(sft_config, WORKDIR / "sft")
           rm_config = environment.load_config("reward_model", SCALE, RM_OVERRIDES)
-          rm_config.init.sft_checkpoint = sft_summary["artifact_id"]
+          rm_config.init.policy_artifact = sft_summary["artifact_id"]
           rm_summary = reward_model_train.train_reward_model(rm_config, WORKDIR / "reward_model")
           REWARD_MODEL = rm_summary["artifact_id"]
           print("reward model artifact:", REWARD_MODEL)
@@ -412,7 +412,7 @@ model. This notebook builds the same trainer `train_ppo` builds and looks inside
           sft_config = environment.load_config("sft", SCALE, SFT_OVERRIDES)
           SFT_POLICY = sft.train_sft(sft_config, WORKDIR / "sft")["artifact_id"]
           rm_config = environment.load_config("reward_model", SCALE, RM_OVERRIDES)
-          rm_config.init.sft_checkpoint = SFT_POLICY
+          rm_config.init.policy_artifact = SFT_POLICY
           REWARD_MODEL = reward_model_train.train_reward_model(rm_config, WORKDIR / "reward_model")["artifact_id"]
           print("SFT policy:", SFT_POLICY, " reward model:", REWARD_MODEL)
           ''').replace("@SFT@", _overrides(nb, "sft", "SFT_OVERRIDES"))

@@ -82,7 +82,7 @@ def test_dpo_from_an_sft_artifact_starts_at_the_reference(tmp_path):
   sft_cfg.eval.num_sample_prompts = 0
   sft_summary = sft.train_sft(sft_cfg, tmp_path / "sft")
   config = dpo_config.get_config("test")
-  config.init.sft_checkpoint = sft_summary["artifact_id"]
+  config.init.policy_artifact = sft_summary["artifact_id"]
   config.init.allow_random_init = False
   config.train.total_steps = config.optimizer.total_steps = 2
   config.eval.num_prompts = 2
@@ -104,7 +104,7 @@ def test_dpo_from_an_sft_artifact_starts_at_the_reference(tmp_path):
     ("reference.mode", "lazy", "reference.mode"),
     ("data.labels", "crowd", "data.labels"),
     ("data.max_len", 100_000, "data.max_len"),
-    ("init.allow_random_init", False, "init.sft_checkpoint is empty"),
+    ("init.allow_random_init", False, "init.policy_artifact is empty"),
 ])
 def test_validate_and_derive_names_the_field(field, value, match):
   config = dpo_config.get_config("test")
@@ -116,9 +116,9 @@ def test_validate_and_derive_names_the_field(field, value, match):
 
 def test_default_config_validates_with_an_sft_artifact():
   config = dpo_config.get_config()
-  with pytest.raises(ValueError, match="init.sft_checkpoint is empty"):
+  with pytest.raises(ValueError, match="init.policy_artifact is empty"):
     dpo_train.validate_and_derive(config, num_devices=1)
-  config.init.sft_checkpoint = "sft_policy@000000000000"
+  config.init.policy_artifact = "sft_policy@000000000000"
   derived = dpo_train.validate_and_derive(config, num_devices=1)
   assert derived.buckets == (32, 64, 96, 128) and derived.loss_hparams == {"beta": 0.1}
   config.algo.loss = "simpo"

@@ -66,7 +66,7 @@ def test_generator_check_mode_detects_a_stale_notebook(tmp_path, monkeypatch):
 
 
 # Fields the notebooks fill with upstream artifact ids at run time.
-ARTIFACT_FIELDS = {"reward_model": "init.sft_checkpoint", "dpo": "init.sft_checkpoint", "best_of_n": "policy",
+ARTIFACT_FIELDS = {"reward_model": "init.policy_artifact", "dpo": "init.policy_artifact", "best_of_n": "policy",
                    "ppo": "init.policy_artifact"}
 
 

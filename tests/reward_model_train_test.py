@@ -123,7 +123,7 @@ def ensemble_run(sft_artifact, tmp_path_factory):
   with patience 1 stops it after the second evaluation (step 4 of 6)."""
   workdir = tmp_path_factory.mktemp("rm") / "run"
   config = _config(**{
-      "init.sft_checkpoint": sft_artifact["record"]["artifact_id"],
+      "init.policy_artifact": sft_artifact["record"]["artifact_id"],
       "registry_dir": str(sft_artifact["registry"]), "ensemble.size": 2,
       "ensemble.bootstrap": True, "train.total_steps": 6, "optimizer.total_steps": 6,
       "train.early_stopping_metric": "eval/num_pairs", "train.early_stopping_patience": 1,

@@ -95,8 +95,8 @@ def validate_and_derive(config: ml_collections.ConfigDict, num_devices: Optional
                      f"({config.model.max_len})]")
   if config.data.tie_weight < 0:
     raise ValueError(f"data.tie_weight must be >= 0, got {config.data.tie_weight}")
-  if not config.init.sft_checkpoint and not config.init.allow_random_init:
-    raise ValueError("init.sft_checkpoint is empty: give the SFT policy artifact id printed by "
+  if not config.init.policy_artifact and not config.init.allow_random_init:
+    raise ValueError("init.policy_artifact is empty: give the SFT policy artifact id printed by "
                      "train_sft (e.g. sft_policy@1a2b3c4d5e6f), or set init.allow_random_init")
   if config.eval.num_prompts < 0 or config.eval.prompt_batch_size <= 0:
     raise ValueError(f"eval.num_prompts must be >= 0 and eval.prompt_batch_size > 0, got "
@@ -143,9 +143,9 @@ class InitSource:
 
 
 def resolve_init(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> InitSource:
-  """The SFT policy artifact of `init.sft_checkpoint` (checked), or random init when it is ""."""
+  """The SFT policy artifact of `init.policy_artifact` (checked), or random init when it is ""."""
   record = run_setup.resolve_policy_record(
-      config.init.sft_checkpoint, run_setup.registry_dir(workdir, config.registry_dir))
+      config.init.policy_artifact, run_setup.registry_dir(workdir, config.registry_dir))
   return InitSource(record=record, reference_id=record["artifact_id"] if record else None)
 
 

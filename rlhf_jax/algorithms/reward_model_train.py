@@ -92,7 +92,7 @@ def validate_and_derive(config: ml_collections.ConfigDict, num_devices: Optional
   for ok, message in checks:
     if not ok:
       raise ValueError(f"{message} (configs/reward_model.py)")
-  if not config.init.sft_checkpoint:
+  if not config.init.policy_artifact:
     model_cfg = model_config_from(config.model, vocab_size=max(config.tokenizer.vocab_size, 1)
                                   if config.model.vocab_size == -1 else None)
     run_setup.check_param_sharding(model_cfg, sizes.mesh_shape,
@@ -315,7 +315,7 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: str | os.Path
   registry_path = run_setup.registry_dir(workdir, config.registry_dir)
 
   data = (data_fn or DATA_SOURCES[config.data.source])(config)
-  init_record = run_setup.resolve_policy_record(config.init.sft_checkpoint, registry_path)
+  init_record = run_setup.resolve_policy_record(config.init.policy_artifact, registry_path)
   texts = lambda: [chat.render_text(e.prompt, r) for e in data.train  # noqa: E731
                    for r in (e.chosen, e.rejected)]
   tokenizer, tokenizer_path, model_cfg = run_setup.tokenizer_and_model_config(

@@ -240,7 +240,7 @@ def tokenizer_from_config(cfg: ml_collections.ConfigDict, workdir: str | os.Path
 
 
 def resolve_policy_record(artifact_id: str, registry_path: str | os.PathLike, *,
-                          field: str = "init.sft_checkpoint") -> Optional[dict[str, Any]]:
+                          field: str = "init.policy_artifact") -> Optional[dict[str, Any]]:
   """The registry record of the policy artifact a run starts from; None when `artifact_id` is "".
 
   Args:
