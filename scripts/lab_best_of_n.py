@@ -92,7 +92,6 @@ def main(argv):
   results = best_of_n_run.run_best_of_n(config, workdir / "best_of_n")
 
   samples = [json.loads(l) for l in (workdir / "best_of_n" / "samples.jsonl").read_text().splitlines()]
-  proxy = np.array([s["proxy"] for s in samples], np.float64)
   gold = np.array([s["gold"] for s in samples], np.float64)
   lengths = np.array([[len(r.split()) for r in s["responses"]] for s in samples], np.float64)
   ns = sorted(config.best_of_n.num_samples)

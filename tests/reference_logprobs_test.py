@@ -10,7 +10,7 @@ import pytest
 
 from rlhf_jax import models
 from rlhf_jax.algorithms import dpo, reference_logprobs as rl, train_state
-from rlhf_jax.data import batching, loader as loader_lib
+from rlhf_jax.data import loader as loader_lib
 
 CFG = models.get_model_config("test")
 BUCKETS = (24,)

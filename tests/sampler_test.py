@@ -1,7 +1,6 @@
 """Sampler tests: KV-cache decoding equals full recomputation, log-probs, EOS handling, bucketing."""
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

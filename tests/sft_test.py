@@ -1,8 +1,6 @@
 """SFT: the step's loss against a NumPy reference, packing == no packing, and a short real run."""
-import functools
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

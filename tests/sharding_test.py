@@ -1,5 +1,4 @@
 """Sharded (8 fake CPU devices, mesh data 2 x fsdp 2 x tensor 2) equals single-device."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -17,7 +17,7 @@ restored with a different process_count but the same global batch continues the 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import grain
 import jax

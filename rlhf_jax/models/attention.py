@@ -66,7 +66,7 @@ class Attention(nn.Module):
       new_cache = (keys_BxCxGxK, values_BxCxGxK)
 
     mask_BxQxC = attention_mask(segment_ids_BxQ, k_seg_BxC, q_slot_Q, k_slot_C)
-    B, C = keys_BxCxGxK.shape[0], keys_BxCxGxK.shape[1]
+    B = keys_BxCxGxK.shape[0]
     q_BxQxGxRxK = q_BxQxHxK.reshape(B, Q, G, H // G, K)
     # Scores in float32: softmax of bfloat16 logits loses the small probabilities RL relies on.
     scores_BxGxRxQxC = jnp.einsum("bqgrk,bcgk->bgrqc", q_BxQxGxRxK, keys_BxCxGxK,

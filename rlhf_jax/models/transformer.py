@@ -68,7 +68,6 @@ class Decoder(nn.Module):
 
   def __call__(self, tokens_BxL: jax.Array, positions_BxL: Optional[jax.Array] = None,
                segment_ids_BxL: Optional[jax.Array] = None, cache: Optional[KVCache] = None):
-    cfg = self.config
     if segment_ids_BxL is None:
       segment_ids_BxL = jnp.ones(tokens_BxL.shape, jnp.int32)
     if positions_BxL is None:
