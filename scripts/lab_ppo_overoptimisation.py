@@ -122,6 +122,9 @@ def main(argv=None) -> int:
   parser.add_argument("--weak_rm_steps", type=int, default=25)
   parser.add_argument("--ppo_iterations", type=int, default=100)
   parser.add_argument("--weak_beta", type=float, default=0.002)
+  # Slow enough that the KL grows over tens of iterations: the rise of the gold reward happens at small KL.
+  parser.add_argument("--weak_lr", type=float, default=1e-5)
+  parser.add_argument("--weak_prompts", type=int, default=32)  # prompts per iteration: less noisy curves
   parser.add_argument("--grpo_iterations", type=int, default=80)
   parser.add_argument("--grpo_lr", type=float, default=5e-5)
   parser.add_argument("--grpo_prompts", type=int, default=32)  # prompts per iteration (x 8 samples)
@@ -173,7 +176,7 @@ def _run_all(args, workdir: pathlib.Path, stage, test: bool) -> int:
   ppo_weak = stage("ppo_weak", "ppo", {
       **ppo_common, "reward.source": f"reward_model:{rm_weak['artifact_id']}",
       "train.total_steps": steps(args.ppo_iterations), "kl.controller": "fixed", "kl.init_beta": args.weak_beta,
-      "optimizer.lr": 1e-4})
+      "optimizer.lr": args.weak_lr, "rollout.num_prompts": 8 if test else args.weak_prompts})
   grpo = stage("grpo", "grpo", {
       "init.policy_artifact": policy, "train.total_steps": steps(args.grpo_iterations), "train.sample_every": 10,
       "checkpoint.every": 1000, "optimizer.lr": args.grpo_lr,
