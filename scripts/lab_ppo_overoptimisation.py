@@ -13,9 +13,11 @@ skipped when the script is re-run):
   ppo_weak   PPO against rm_weak with a small fixed beta: the proxy rises while the gold reward
              rises, then falls past some KL (reward over-optimisation, Gao et al. 2023)
   grpo       GRPO on the arithmetic task with the exact verifier: accuracy should rise  configs/grpo.py
+  ppo_overopt  PPO against rm_good with a small fixed beta, for longer: the gold reward rises with the
+             proxy at first, then falls while the proxy keeps rising (over-optimisation of a decent RM)
 
 Outputs in --workdir: `overoptimisation.png` (gold and proxy reward against KL to the reference, for
-ppo_weak and ppo_good) and `lab_ppo_summary.json` (the figures: training curves' start / end /
+ppo_good, ppo_overopt and ppo_weak) and `lab_ppo_summary.json` (the figures: training curves' start / end /
 max after smoothing, and held-out evaluations of the exported policies: gold reward of reviews
 sampled at temperature 0.7, greedy verifier accuracy on arithmetic).
 
@@ -40,7 +42,7 @@ from rlhf_jax.config import families  # noqa: E402
 from rlhf_jax.evaluation import plots  # noqa: E402
 
 logger = logging.getLogger("lab_ppo")
-STAGES = ("sft", "rm_good", "rm_weak", "ppo_good", "ppo_weak", "grpo")
+STAGES = ("sft", "rm_good", "rm_weak", "ppo_good", "ppo_weak", "grpo", "ppo_overopt")
 
 
 def run_stage(workdir: pathlib.Path, name: str, family: str, variant: str, overrides: dict) -> dict:
@@ -125,14 +127,19 @@ def main(argv=None) -> int:
   # Slow enough that the KL grows over tens of iterations: the rise of the gold reward happens at small KL.
   parser.add_argument("--weak_lr", type=float, default=1e-5)
   parser.add_argument("--weak_prompts", type=int, default=32)  # prompts per iteration: less noisy curves
+  parser.add_argument("--overopt_iterations", type=int, default=150)
+  parser.add_argument("--overopt_beta", type=float, default=0.002)
   parser.add_argument("--grpo_iterations", type=int, default=80)
   parser.add_argument("--grpo_lr", type=float, default=5e-5)
   parser.add_argument("--grpo_prompts", type=int, default=32)  # prompts per iteration (x 8 samples)
   parser.add_argument("--eval_prompts", type=int, default=128)
-  parser.add_argument("--until", choices=STAGES, default=STAGES[-1],
+  parser.add_argument("--until", choices=STAGES, default=None,
                       help="stop after this stage (e.g. rm_weak: inspect the reward models before PPO)")
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  # force: an imported library may already have put a handler on the root logger (then a plain
+  # basicConfig does nothing and this script's progress lines would be dropped).
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax narrates every checkpoint phase at INFO
   workdir = pathlib.Path(args.workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   test = args.scale == "test"
@@ -181,34 +188,39 @@ def _run_all(args, workdir: pathlib.Path, stage, test: bool) -> int:
       "init.policy_artifact": policy, "train.total_steps": steps(args.grpo_iterations), "train.sample_every": 10,
       "checkpoint.every": 1000, "optimizer.lr": args.grpo_lr,
       "rollout.num_prompts": 8 if test else args.grpo_prompts, "algo.num_minibatches": 2 if test else 4})
+  ppo_overopt = stage("ppo_overopt", "ppo", {
+      **ppo_common, "reward.source": f"reward_model:{rm_good['artifact_id']}",
+      "train.total_steps": steps(args.overopt_iterations), "kl.controller": "fixed",
+      "kl.init_beta": args.overopt_beta})
 
   window = 1 if test else 5
-  runs = {"ppo_weak (weak RM, small fixed beta)": curves(workdir, "ppo_weak", window),
-          "ppo_good (lab RM, adaptive beta)": curves(workdir, "ppo_good", window)}
-  png = plot(workdir, runs)
+  titles = {"ppo_good": "lab RM, adaptive beta (target KL 6)",
+            "ppo_overopt": f"lab RM, fixed beta {args.overopt_beta:g}",
+            "ppo_weak": f"weak RM, fixed beta {args.weak_beta:g}"}
+  runs = {name: curves(workdir, name, window) for name in titles}
+  png = plot(workdir, {f"{name} ({title})": runs[name] for name, title in titles.items()})
   grpo_acc = curves(workdir, "grpo", window)["proxy"]
 
   def ends(c, key):
     return {"start": float(c[key][0]), "end": float(c[key][-1]), "max": float(np.nanmax(c[key]))}
 
-  weak = runs["ppo_weak (weak RM, small fixed beta)"]
-  peak = int(np.nanargmax(weak["gold"]))
   summary = {
       "stages": {"sft": policy, "rm_good": rm_good["artifact_id"], "rm_weak": rm_weak["artifact_id"],
                  "ppo_good": ppo_good["artifact_id"], "ppo_weak": ppo_weak["artifact_id"],
-                 "grpo": grpo["artifact_id"]},
-      "ppo_good": {"gold": ends(runs["ppo_good (lab RM, adaptive beta)"], "gold"),
-                   "proxy": ends(runs["ppo_good (lab RM, adaptive beta)"], "proxy"),
-                   "kl_end": float(runs["ppo_good (lab RM, adaptive beta)"]["kl"][-1])},
-      "ppo_weak": {"gold": ends(weak, "gold"), "proxy": ends(weak, "proxy"), "kl_end": float(weak["kl"][-1]),
-                   "kl_at_gold_peak": float(weak["kl"][peak]), "gold_peak": float(weak["gold"][peak])},
+                 "ppo_overopt": ppo_overopt["artifact_id"], "grpo": grpo["artifact_id"]},
+      "reward_models": {name: {k: rm["test"][k] for k in ("accuracy", "auc", "gold/accuracy", "gold/spearman")}
+                        for name, rm in (("rm_good", rm_good), ("rm_weak", rm_weak))},
       "grpo_accuracy": {"start": float(grpo_acc[0]), "end": float(grpo_acc[-1]), "max": float(np.nanmax(grpo_acc))},
       "smoothing_window": window, "plot": str(png),
   }
+  for name, c in runs.items():
+    peak = int(np.nanargmax(c["gold"]))
+    summary[name] = {"gold": ends(c, "gold"), "proxy": ends(c, "proxy"), "kl_end": float(c["kl"][-1]),
+                     "kl_at_gold_peak": float(c["kl"][peak]), "gold_peak": float(c["gold"][peak])}
   n = 8 if test else args.eval_prompts
   summary["heldout"] = {
       "gold_reviews": {name: heldout_eval(workdir, summary["stages"][name], "reviews", n)
-                       for name in ("sft", "ppo_good", "ppo_weak")},
+                       for name in ("sft", "ppo_good", "ppo_overopt", "ppo_weak")},
       "arithmetic_greedy_accuracy": {name: heldout_eval(workdir, summary["stages"][name], "arithmetic", n)
                                      for name in ("sft", "grpo")},
       "num_prompts": n}
