@@ -36,20 +36,13 @@ from rlhf_jax import ops, sharding
 from rlhf_jax.algorithms import metrics as metrics_lib
 from rlhf_jax.algorithms.ppo import rewards as rewards_lib, run as ppo_run
 from rlhf_jax.algorithms.ppo import state as state_lib, trainer as trainer_lib
-from rlhf_jax.data.tokenizer import Tokenizer
 
 PyTree = Any
 
 
-class PPOSession(NamedTuple):
-  """A PPO trainer ready to run: what `train_ppo` builds before its first iteration."""
-  trainer: trainer_lib.PPOTrainer
-  state: state_lib.PPOState  # iteration 0: policy = SFT parameters, critic per `value.init`
-  ref_params: PyTree  # the frozen reference policy (a separate copy of the SFT parameters)
-  prompts: trainer_lib.PromptSet
-  tokenizer: Tokenizer
-  config: ml_collections.ConfigDict
-  workdir: pathlib.Path
+# A PPO trainer ready to run: what `train_ppo` builds before its first iteration (trainer, state at
+# iteration 0, frozen reference, prompts, tokenizer, config, workdir, ...).
+PPOSession = ppo_run.PPOSetup
 
 
 def build_ppo_session(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> PPOSession:
@@ -58,9 +51,7 @@ def build_ppo_session(config: ml_collections.ConfigDict, workdir: str | pathlib.
   Raises:
     ValueError as `train_ppo` does (empty init.policy_artifact without allow_random_init, bad fields).
   """
-  setup = ppo_run.build_trainer(config, workdir)
-  return PPOSession(trainer=setup.trainer, state=setup.state, ref_params=setup.ref_params, prompts=setup.prompts,
-                    tokenizer=setup.tokenizer, config=config, workdir=setup.workdir)
+  return ppo_run.build_trainer(config, workdir)
 
 
 def run_iterations(session: PPOSession, num_iterations: int, state: Optional[state_lib.PPOState] = None

@@ -156,6 +156,7 @@ class PPOSetup(NamedTuple):
   lineage: list[str]  # artifact ids the policy descends from
   registry_dir: Any
   workdir: pathlib.Path
+  config: ml_collections.ConfigDict
 
 
 def _resolve_value_init(config: ml_collections.ConfigDict, settings: trainer_lib.PPOSettings, model_cfg: Any,
@@ -235,7 +236,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   ref_params = state_lib.frozen_copy(state.policy.params, trainer.policy_shardings.params)
   return PPOSetup(trainer=trainer, state=state, ref_params=ref_params, prompts=prompts, tokenizer=tokenizer,
                   model_config=model_cfg, tokenizer_path=tokenizer_path, lineage=lineage, registry_dir=registry_dir,
-                  workdir=workdir)
+                  workdir=workdir, config=config)
 
 
 def train_ppo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
