@@ -7,6 +7,7 @@ import pytest
 
 from rlhf_jax.evaluation import calibration_maps
 from rlhf_jax.notebooks import figures
+from testdata import numpy_references
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,17 +76,6 @@ def test_plot_matrix(tmp_path):
     figures.plot_matrix(np.zeros((2, 2)), ["a"], tmp_path / "bad.png")
 
 
-def _numpy_ece(probs, labels, num_bins):
-  """Uniform-bin ECE in float64, written independently of rlhf_jax.evaluation.calibration."""
-  total = 0.0
-  for m in range(num_bins):
-    lo, hi = m / num_bins, (m + 1) / num_bins
-    sel = (probs >= lo) & ((probs < hi) if m < num_bins - 1 else (probs <= hi))
-    if sel.any():
-      total += sel.sum() * abs(labels[sel].mean() - probs[sel].mean())
-  return total / probs.size
-
-
 def test_plot_reliability_comparison(tmp_path):
   rng = np.random.default_rng(1)
   margins = rng.normal(0.5, 2.0, size=300)
@@ -98,8 +88,8 @@ def test_plot_reliability_comparison(tmp_path):
   x = np.concatenate([margins, -margins])
   y = np.concatenate([np.ones(300), np.zeros(300)])
   raw_probs = 1.0 / (1.0 + np.exp(-x))
-  assert diagrams["raw"].ece == pytest.approx(_numpy_ece(raw_probs, y, 8), abs=1e-12)
+  assert diagrams["raw"].ece == pytest.approx(numpy_references.ece(raw_probs, y, 8), abs=1e-12)
   assert diagrams["identity"].ece == pytest.approx(diagrams["raw"].ece, abs=1e-12)
   squashed = 1.0 / (1.0 + np.exp(-0.3 * x))
-  assert diagrams["squash"].ece == pytest.approx(_numpy_ece(squashed, y, 8), abs=1e-12)
+  assert diagrams["squash"].ece == pytest.approx(numpy_references.ece(squashed, y, 8), abs=1e-12)
   assert diagrams["squash"].ece != pytest.approx(diagrams["raw"].ece)

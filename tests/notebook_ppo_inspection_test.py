@@ -9,25 +9,13 @@ import numpy as np
 import pytest
 
 from rlhf_jax.notebooks import environment, ppo_inspection
+from testdata import numpy_references
 
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
   config = environment.load_config("ppo", "test", {"reward.source": "gold"})
   return ppo_inspection.build_ppo_session(config, tmp_path_factory.mktemp("ppo") / "ppo")
-
-
-def _numpy_gae(rewards, values, mask, gamma, lam):
-  adv = np.zeros_like(rewards)
-  for b in range(rewards.shape[0]):
-    n = int(mask[b].sum())
-    last = 0.0
-    for t in reversed(range(n)):
-      next_value = values[b, t + 1] if t + 1 < n else 0.0
-      delta = rewards[b, t] + gamma * next_value - values[b, t]
-      last = delta + gamma * lam * last
-      adv[b, t] = last
-  return adv, adv + values * mask
 
 
 def test_rollout_at_iteration_zero_has_no_kl(session):
@@ -63,7 +51,7 @@ def test_rollout_matches_numpy_with_a_different_reference_and_critic(session):
   rewards = -beta * k1
   rewards[np.arange(mask.shape[0]), mask.sum(axis=1) - 1] += view.score_B
   np.testing.assert_allclose(view.rewards_BxS, rewards, atol=1e-5)
-  adv, returns = _numpy_gae(view.rewards_BxS, view.values_BxS, mask, gamma=1.0, lam=0.95)
+  adv, returns = numpy_references.gae(view.rewards_BxS, view.values_BxS, mask, gamma=1.0, lam=0.95)
   np.testing.assert_allclose(view.advantages_BxS, adv, atol=1e-4)
   np.testing.assert_allclose(view.returns_BxS, returns, atol=1e-4)
   table = view.token_rows(0)

@@ -4,6 +4,7 @@ import pytest
 
 from rlhf_jax.lab import annotators as lab_annotators
 from rlhf_jax.notebooks import rm_calibration
+from testdata import numpy_references
 
 
 def _labels(item, who, label):
@@ -37,16 +38,6 @@ def test_split_items():
     rm_calibration.split_items(2, 0.1)
 
 
-def _numpy_ece(probs, labels, num_bins=10):
-  total = 0.0
-  for m in range(num_bins):
-    lo, hi = m / num_bins, (m + 1) / num_bins
-    sel = (probs >= lo) & ((probs < hi) if m < num_bins - 1 else (probs <= hi))
-    if sel.any():
-      total += sel.sum() * abs(labels[sel].mean() - probs[sel].mean())
-  return total / probs.size
-
-
 def test_calibration_study_recovers_an_underconfident_model():
   # The RM's margin is half the true logit: sigmoid(margin) is under-confident, Platt finds a ~ 2.
   rng = np.random.default_rng(0)
@@ -66,7 +57,7 @@ def test_calibration_study_recovers_an_underconfident_model():
   margin = pairs.r_chosen_A[decided] - pairs.r_rejected_A[decided]
   np.testing.assert_allclose(np.sort(study.test_margin_B), np.sort(margin))
   x, y = np.concatenate([margin, -margin]), np.concatenate([np.ones(margin.size), np.zeros(margin.size)])
-  assert study.report["ece"] == pytest.approx(_numpy_ece(1.0 / (1.0 + np.exp(-x)), y), abs=1e-12)
+  assert study.report["ece"] == pytest.approx(numpy_references.ece(1.0 / (1.0 + np.exp(-x)), y), abs=1e-12)
   ece = {r["probabilities"]: r["ece"] for r in study.ece_rows()}
   assert set(ece) == {"raw sigmoid(margin)", "platt", "isotonic"}
   assert ece["platt"] < 0.5 * ece["raw sigmoid(margin)"] and ece["isotonic"] < ece["raw sigmoid(margin)"]

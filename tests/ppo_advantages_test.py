@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.algorithms.ppo import advantages
+from testdata import numpy_references
 
 B, S = 4, 6
 LENGTHS = (6, 4, 1, 3)
@@ -11,19 +12,6 @@ LENGTHS = (6, 4, 1, 3)
 
 def _mask():
   return (np.arange(S)[None, :] < np.array(LENGTHS)[:, None]).astype(np.float64)
-
-
-def np_gae(rewards, values, mask, gamma, lam):
-  adv = np.zeros_like(rewards)
-  for b in range(rewards.shape[0]):
-    n = int(mask[b].sum())
-    last = 0.0
-    for t in reversed(range(n)):
-      next_v = values[b, t + 1] if t + 1 < n else 0.0
-      delta = rewards[b, t] + gamma * next_v - values[b, t]
-      last = delta + gamma * lam * last
-      adv[b, t] = last
-  return adv, (adv + values) * mask
 
 
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (0.99, 0.0), (0.8, 1.0)])
@@ -34,7 +22,7 @@ def test_gae_matches_numpy(gamma, lam):
   fn = advantages.get_advantage_fn("gae", gamma=gamma, lam=lam)
   adv, ret = fn(advantages.AdvantageInputs(mask_BxS=jnp.asarray(mask), token_rewards_BxS=jnp.float32(rewards),
                                            values_BxS=jnp.float32(values)))
-  exp_adv, exp_ret = np_gae(rewards, values, mask, gamma, lam)
+  exp_adv, exp_ret = numpy_references.gae(rewards, values, mask, gamma, lam)
   np.testing.assert_allclose(adv, exp_adv, atol=1e-5)
   np.testing.assert_allclose(ret, exp_ret, atol=1e-5)
 

@@ -8,6 +8,7 @@ import pytest
 
 from rlhf_jax.algorithms.ppo import advantages, experience, forward, rewards, rollout
 from rlhf_jax.ops import reward_processing
+from testdata import numpy_references
 
 B, P, S = 4, 3, 5
 LENGTHS = np.array([5, 2, 4, 1])
@@ -32,17 +33,6 @@ def _rollout_and_forward(seed=0):
   return ro, fwd, dict(mask=mask.astype(np.float64), ref=ref, old=old, roll=roll, values=values)
 
 
-def np_gae(r, v, mask, gamma, lam):
-  adv = np.zeros_like(r)
-  for b in range(r.shape[0]):
-    n, last = int(mask[b].sum()), 0.0
-    for t in reversed(range(n)):
-      nv = v[b, t + 1] if t + 1 < n else 0.0
-      last = r[b, t] + gamma * nv - v[b, t] + gamma * lam * last
-      adv[b, t] = last
-  return adv, (adv + v) * mask
-
-
 @pytest.mark.parametrize("beta", [0.05, 0.5])
 def test_gae_experience_matches_numpy(beta):
   ro, fwd, d = _rollout_and_forward(1)
@@ -57,7 +47,7 @@ def test_gae_experience_matches_numpy(beta):
   kl = (d["old"] - d["ref"]) * mask
   r = -beta * kl
   r[np.arange(B), LENGTHS - 1] += score
-  adv, ret = np_gae(r * mask, d["values"], mask, 0.9, 0.8)
+  adv, ret = numpy_references.gae(r * mask, d["values"], mask, 0.9, 0.8)
   e = out.experience
   np.testing.assert_allclose(out.score_B, score, atol=1e-5)
   np.testing.assert_allclose(e.advantages_BxS, adv, atol=1e-4)

@@ -6,6 +6,7 @@ import pytest
 from jax.test_util import check_grads
 
 from rlhf_jax.ops import returns
+from testdata import numpy_references
 
 B, S = 4, 7
 
@@ -23,20 +24,6 @@ def _data(seed=0):
   rewards[mask == 0] = 1e3
   values[mask == 0] = -1e3
   return rewards, values, mask
-
-
-def np_gae(rewards, values, mask, gamma, lam):
-  """Explicit loop: masked positions are skipped; bootstrap 0 after the last valid token."""
-  adv = np.zeros_like(rewards)
-  for b in range(rewards.shape[0]):
-    next_value, next_adv = 0.0, 0.0
-    for t in reversed(range(rewards.shape[1])):
-      if not mask[b, t]:
-        continue
-      delta = rewards[b, t] + gamma * next_value - values[b, t]
-      adv[b, t] = delta + gamma * lam * next_adv
-      next_value, next_adv = values[b, t], adv[b, t]
-  return adv, np.where(mask > 0, adv + values, 0.0)
 
 
 def np_discounted(rewards, mask, gamma):
@@ -59,7 +46,7 @@ def _f32(*xs):
 def test_gae_matches_numpy_loop(gamma, lam):
   rewards, values, mask = _data()
   adv, ret = returns.gae(*_f32(rewards, values, mask), gamma, lam)
-  adv_np, ret_np = np_gae(rewards, values, mask, gamma, lam)
+  adv_np, ret_np = numpy_references.gae(rewards, values, mask, gamma, lam)
   np.testing.assert_allclose(adv, adv_np, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(ret, ret_np, rtol=1e-5, atol=1e-5)
   assert np.all(np.asarray(adv)[mask == 0] == 0) and np.all(np.asarray(ret)[mask == 0] == 0)
@@ -124,7 +111,7 @@ def test_gae_jits_with_traced_gamma_lambda():
   rewards, values, mask = _data()
   fn = jax.jit(returns.gae)
   adv, _ = fn(*_f32(rewards, values, mask), jnp.float32(0.9), jnp.float32(0.6))
-  np.testing.assert_allclose(adv, np_gae(rewards, values, mask, 0.9, 0.6)[0], rtol=1e-5,
+  np.testing.assert_allclose(adv, numpy_references.gae(rewards, values, mask, 0.9, 0.6)[0], rtol=1e-5,
                              atol=1e-5)
 
 

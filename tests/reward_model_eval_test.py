@@ -7,6 +7,7 @@ import scipy.stats
 
 from rlhf_jax.evaluation import calibration_maps
 from rlhf_jax.evaluation import reward_model_eval as rme
+from testdata import numpy_references
 
 R_C = np.array([2.0, 0.5, -1.0, 0.3, 1.0, 0.0])
 R_R = np.array([0.0, 1.0, -1.5, 0.3, -2.0, 0.7])
@@ -15,17 +16,6 @@ TIE = np.array([False, False, False, False, False, True])
 
 def _sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
-
-
-def _np_ece(p, y, bins=10):
-  """Independent ECE: loop over uniform bins."""
-  total = 0.0
-  for m in range(bins):
-    lo, hi = m / bins, (m + 1) / bins
-    sel = (p >= lo) & ((p < hi) if m < bins - 1 else (p <= hi))
-    if sel.any():
-      total += sel.sum() / p.size * abs(y[sel].mean() - p[sel].mean())
-  return total
 
 
 def test_report_matches_hand_and_brute_force_values():
@@ -39,7 +29,7 @@ def test_report_matches_hand_and_brute_force_values():
   assert report["log_loss"] == pytest.approx(np.mean(np.logaddexp(0.0, -d)))
   p = np.concatenate([_sigmoid(d), _sigmoid(-d)])
   y = np.concatenate([np.ones(5), np.zeros(5)])
-  assert report["ece"] == pytest.approx(_np_ece(p, y))
+  assert report["ece"] == pytest.approx(numpy_references.ece(p, y))
   assert report["brier"] == pytest.approx(np.mean((p - y) ** 2))
   assert report["mean_margin"] == pytest.approx(d.mean())
   assert report["tie_mean_abs_margin"] == pytest.approx(0.7)
