@@ -19,6 +19,21 @@ def _compute_dtype() -> str:
   return "float32" if jax.devices()[0].platform == "cpu" else "bfloat16"
 
 
+def _single_device_train_state(model: nn.Module, compute_dtype: str, **optimizer_overrides):
+  """(state, state shardings, optimiser, mesh) of `model` on one device with AdamW defaults."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import sharding  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.algorithms import optimizer as optimizer_lib, train_state  # pylint: disable=g-import-not-at-top
+  mesh = sharding.single_device_mesh()
+  opt_cfg = optimizer_lib.optimizer_config_defaults()
+  opt_cfg.update(optimizer_overrides)
+  opt_cfg.compute_dtype = compute_dtype
+  tx, _ = optimizer_lib.make_optimizer(opt_cfg)
+  state, shardings = train_state.create_train_state(functools.partial(models.init_params, model), tx, mesh,
+                                                    sharding.DEFAULT_RULES, jax.random.key(0))
+  return state, shardings, tx, mesh
+
+
 def w2_sampling(model_name: str, peaks: dict, repeats: int) -> dict:
   """W2: 8 prompts of 64 tokens, exactly 64 new tokens, temperature 1.0, no early EOS stop, KV cache."""
   B, P, S = 8, 64, 64
@@ -55,12 +70,7 @@ def w5_sft_step(model_name: str, peaks: dict, repeats: int) -> dict:
   B, L = 8, 256
   cfg = models.get_model_config(model_name, compute_dtype=_compute_dtype())
   lm = models.CausalLM(cfg)
-  mesh = sharding.single_device_mesh()
-  opt_cfg = optimizer_lib.optimizer_config_defaults()
-  opt_cfg.compute_dtype = cfg.compute_dtype
-  tx, _ = optimizer_lib.make_optimizer(opt_cfg)
-  state, shardings = train_state.create_train_state(functools.partial(models.init_params, lm), tx, mesh,
-                                                    sharding.DEFAULT_RULES, jax.random.key(0))
+  state, shardings, tx, mesh = _single_device_train_state(lm, cfg.compute_dtype)
   tokens = jax.random.randint(jax.random.key(1), (B, L), 4, cfg.vocab_size)
   batch = {"tokens": tokens, "positions": jnp.broadcast_to(jnp.arange(L), (B, L)),
            "segment_ids": jnp.ones((B, L), jnp.int32), "loss_mask": jnp.ones((B, L), jnp.int32)}
@@ -93,14 +103,10 @@ def w1_dpo_step(model_name: str, peaks: dict, repeats: int) -> dict:
   L = P + S
   cfg = models.get_model_config(model_name, compute_dtype=_compute_dtype())
   lm = models.CausalLM(cfg)
-  mesh = sharding.single_device_mesh()
-  opt_cfg = optimizer_lib.optimizer_config_defaults()
-  opt_cfg.lr, opt_cfg.warmup_steps, opt_cfg.decay = 1e-5, 0, "constant"
-  opt_cfg.compute_dtype = cfg.compute_dtype
-  tx, _ = optimizer_lib.make_optimizer(opt_cfg)
-  init_fn = functools.partial(models.init_params, lm)
-  state, shardings = train_state.create_train_state(init_fn, tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0))
-  ref_params, ref_shardings = sharding.init_sharded(init_fn, mesh, sharding.DEFAULT_RULES, jax.random.key(1))
+  state, shardings, tx, mesh = _single_device_train_state(lm, cfg.compute_dtype, lr=1e-5, warmup_steps=0,
+                                                          decay="constant")
+  ref_params, ref_shardings = sharding.init_sharded(functools.partial(models.init_params, lm), mesh,
+                                                    sharding.DEFAULT_RULES, jax.random.key(1))
   rows = 2 * B  # [chosen; rejected], one forward pass
   batch = {"tokens_2BxL": jax.random.randint(jax.random.key(2), (rows, L), 4, cfg.vocab_size),
            "positions_2BxL": jnp.broadcast_to(jnp.arange(L), (rows, L)),
@@ -131,19 +137,12 @@ def w1_dpo_step(model_name: str, peaks: dict, repeats: int) -> dict:
 def w3_reward_model_step(model_name: str, peaks: dict, repeats: int) -> dict:
   """W3: reward-model step, Bradley-Terry loss on 8 pairs of 128 tokens (one forward over the 16
   [chosen; rejected] rows), scalar head read at the last real token, AdamW."""
-  import functools  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from rlhf_jax import sharding  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.algorithms import optimizer as optimizer_lib, reward_model, train_state  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.algorithms import optimizer as optimizer_lib, reward_model  # pylint: disable=g-import-not-at-top
   B, L = 8, 128
   cfg = models.get_model_config(model_name, compute_dtype=_compute_dtype())
   model = models.ScalarModel(cfg)
-  mesh = sharding.single_device_mesh()
-  opt_cfg = optimizer_lib.optimizer_config_defaults()
-  opt_cfg.compute_dtype = cfg.compute_dtype
-  tx, _ = optimizer_lib.make_optimizer(opt_cfg)
-  state, shardings = train_state.create_train_state(functools.partial(models.init_params, model), tx, mesh,
-                                                    sharding.DEFAULT_RULES, jax.random.key(0))
+  state, shardings, tx, mesh = _single_device_train_state(model, cfg.compute_dtype)
   loss_cfg = ml_collections.ConfigDict(dict(label_smoothing=0.0, center_coef=0.0, use_margin=False,
                                             use_weights=True, use_ties=True))
   batch = reward_model.RewardBatch(
